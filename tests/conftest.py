@@ -1,0 +1,15 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    """An empty COURSE_DATA_DIR for a test to fill with real-format files."""
+    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path))
+    (tmp_path / "dialogsum").mkdir()
+    return tmp_path

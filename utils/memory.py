@@ -1,0 +1,88 @@
+"""Counting parameters, bytes on disk and peak memory (GPU allocator or process RSS on a CPU)."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameters. 4-bit weights are counted as the parameters they stand for."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if getattr(p, "quant_state", None) is not None:       # bitsandbytes packs two 4-bit values per byte
+            n = int(torch.Size(p.quant_state.shape).numel())
+        total += n
+        trainable += n if p.requires_grad else 0
+    return trainable, total
+
+
+def trainable_summary(model) -> str:
+    trainable, total = count_parameters(model)
+    return f"trainable: {trainable:,} | total: {total:,} | trainable share: {100 * trainable / total:.2f} %"
+
+
+def dir_size_mb(path: os.PathLike | str) -> float:
+    p = Path(path)
+    files = [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file()]
+    return sum(f.stat().st_size for f in files) / 2**20
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class PeakMemory:
+    """Peak memory inside a ``with`` block: the CUDA allocator's peak on a GPU, else the process RSS
+    sampled every 20 ms. ``peak_mb`` is the peak; ``delta_mb`` what the block added on top of the start."""
+
+    def __init__(self, interval: float = 0.02):
+        self.interval, self.peak_mb, self.start_mb, self.kind = interval, 0.0, 0.0, ""
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        if torch.cuda.is_available():
+            self.kind = "GPU max_memory_allocated"
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.start_mb = torch.cuda.memory_allocated() / 2**20
+        else:
+            self.kind = "process peak RSS"
+            self.start_mb = self.peak_mb = _rss_mb()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, _rss_mb())
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak_mb = max(self.peak_mb, _rss_mb())
+        return False
+
+    @property
+    def delta_mb(self) -> float:
+        return self.peak_mb - self.start_mb
+
+
+class Timer:
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start
+        return False

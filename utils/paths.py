@@ -1,0 +1,32 @@
+"""Where things live. Paths printed in notebooks are shown relative to the repository root."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = ROOT / "data"
+IMG_DIR = ROOT / "img"
+RESULTS_DIR = ROOT / "results"
+# Converted checkpoints, downloads and trained adapters: outside git, reused between runs.
+CACHE_DIR = Path(os.environ.get("COURSE_CACHE_DIR", ROOT / ".cache"))
+SEED = 42
+
+
+def show(path: os.PathLike | str) -> str:
+    """A path as a reader may see it: relative to the course root, $COURSE_DATA_DIR or the cache."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(ROOT))
+    except ValueError:
+        pass
+    data_dir = os.environ.get("COURSE_DATA_DIR")
+    if data_dir:
+        try:
+            return "$COURSE_DATA_DIR/" + str(p.resolve().relative_to(Path(data_dir).resolve()))
+        except ValueError:
+            pass
+    try:
+        return "$COURSE_CACHE_DIR/" + str(p.resolve().relative_to(CACHE_DIR.resolve()))
+    except ValueError:
+        return p.name

