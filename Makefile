@@ -34,6 +34,10 @@ test-fast: install
 lab: install
 	$(VENV)/bin/jupyter lab notebooks
 
+## The course as a static site in _site/ (open _site/index.html: no server, no network needed).
+site: install
+	$(PY) -m utils.site
+
 clean:
 	rm -rf .cache .pytest_cache _site
 	find . -name __pycache__ -prune -exec rm -rf {} +

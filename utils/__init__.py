@@ -5,6 +5,7 @@ every generator and starts the clock; ``run.banner(...)`` states profile, device
 """
 from __future__ import annotations
 
+import logging
 import platform
 import random
 import time
@@ -12,7 +13,12 @@ import time
 import numpy as np
 import torch
 
-from . import memory  # noqa: F401
+# bitsandbytes, on a CPU with AVX512-BF16, logs at import that an optional hub kernel ("kernels-community")
+# cannot be fetched. The course never uses that kernel (it is an inference fast path, and offline it cannot be
+# downloaded anyway), so the warning is machine-specific noise in committed outputs: silenced here, once.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+from . import memory  # noqa: E402,F401
 from .paths import CACHE_DIR, DATA_DIR, IMG_DIR, RESULTS_DIR, ROOT, SEED  # noqa: F401
 from .profiles import Profile, describe_device, device, get_profile, resolve_profile_name  # noqa: F401
 

@@ -86,3 +86,66 @@ class Timer:
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.start
         return False
+
+
+# ----------------------------------------------------------------------------- weight footprints
+
+NF4_DQ_BITS = 4 + 8 / 64 + 32 / (64 * 256)    # 4-bit codes + 8-bit absmax per 64 + fp32 per 256 blocks = 4.127
+
+
+def weight_footprint_bytes(model, quantized_bits: float | None = None, other_bytes: int = 2) -> int:
+    """Bytes of a model's weights. With ``quantized_bits`` (e.g. NF4_DQ_BITS), the Linear layers inside
+    the decoder blocks are counted at that many bits per weight, as bitsandbytes quantizes them; the
+    embeddings, norms and output head stay at ``other_bytes`` per parameter. Works on meta-device models."""
+    import torch.nn as nn
+
+    quantized = set()
+    if quantized_bits is not None:
+        for name, m in model.named_modules():
+            if isinstance(m, nn.Linear) and ".layers." in f".{name}":
+                quantized.add(id(m.weight))
+    total = 0.0
+    for p in {id(p): p for p in model.parameters()}.values():
+        total += p.numel() * quantized_bits / 8 if id(p) in quantized else p.numel() * other_bytes
+    return int(total)
+
+
+# The brief's textbook table (7B: 112 / 15.4 / 4.2 GB; 70B: 1120 / 154 / 42 GB) is reproduced exactly by
+# these bytes per parameter; they ignore activations, the KV cache and the framework's own overhead.
+TEXTBOOK_BYTES_PER_PARAM = {"full fine-tuning": 16.0, "LoRA": 2.2, "QLoRA": 0.6}
+
+
+def textbook_estimate_gb(n_params: int) -> dict[str, float]:
+    return {k: n_params * b / 1e9 for k, b in TEXTBOOK_BYTES_PER_PARAM.items()}
+
+
+# ----------------------------------------------------------------------------- what autograd keeps
+
+class SavedTensors:
+    """Bytes that autograd keeps for the backward pass of what runs inside a ``with`` block: every tensor
+    saved by an operation, each underlying storage counted once, parameters excluded (pass them as
+    ``exclude``). Exact and independent of the allocator, unlike a peak; blind to what runs under gradient
+    checkpointing (which installs its own hooks)."""
+
+    def __init__(self, exclude=()):
+        self._exclude = {p.untyped_storage().data_ptr() for p in exclude}
+        self._seen: dict[int, int] = {}
+
+    def _pack(self, t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in self._exclude:
+            self._seen.setdefault(s.data_ptr(), s.nbytes())
+        return t
+
+    def __enter__(self):
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._hooks.__exit__(*exc)
+        return False
+
+    @property
+    def bytes(self) -> int:
+        return sum(self._seen.values())

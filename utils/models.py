@@ -112,11 +112,14 @@ def compute_dtype() -> torch.dtype:
     return torch.float32
 
 
-def bnb_4bit_config(dtype: torch.dtype | None = None):
+def bnb_4bit_config(dtype: torch.dtype | None = None, quant_storage: torch.dtype | None = None):
+    """NF4 + double quantization. ``quant_storage`` (FSDP only): the dtype the packed 4-bit codes are
+    stored as, so that FSDP can flatten them with the other (16-bit) parameters."""
     from transformers import BitsAndBytesConfig
 
+    extra = {} if quant_storage is None else {"bnb_4bit_quant_storage": quant_storage}
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=dtype or compute_dtype())
+                              bnb_4bit_compute_dtype=dtype or compute_dtype(), **extra)
 
 
 def keep_4bit_trainable(model) -> int:
@@ -138,14 +141,43 @@ def keep_4bit_trainable(model) -> int:
     return unpacked
 
 
-def load_causal_lm_4bit(name_or_path: str | os.PathLike, token: str | None = None):
-    """Model and tokenizer, the model quantized to NF4 with double quantization by bitsandbytes."""
+def four_bit_gradient_matches(layer, rtol: float = 1e-2) -> bool:
+    """Does training still work through this frozen bitsandbytes ``Linear4bit``? True when the gradient
+    with respect to its input equals the gradient through its dequantized weight (relative error below
+    ``rtol``); False when it is missing (the CPU trap above: a repacked weight has no backward) or wrong."""
+    import bitsandbytes.functional as F
+
+    qs = layer.weight.quant_state
+    if getattr(qs, "packing_format_for_cpu", False):
+        return False                                   # repacked: dequantize_4bit would read it wrongly too
+    w = F.dequantize_4bit(layer.weight.data, qs).float()
+    x = torch.randn(3, layer.in_features, generator=torch.Generator().manual_seed(0)).to(w.device)
+    was_training = layer.training
+    layer.train()
+    x_4bit = x.to(layer.compute_dtype or torch.float32).detach().clone().requires_grad_(True)
+    layer(x_4bit).float().pow(2).sum().backward()
+    x_ref = x.detach().clone().requires_grad_(True)
+    ref = x_ref @ w.T + (layer.bias.detach().float() if layer.bias is not None else 0)
+    ref.pow(2).sum().backward()
+    layer.train(was_training)
+    if layer.bias is not None:
+        layer.bias.grad = None
+    if x_4bit.grad is None:
+        return False
+    return bool((x_4bit.grad.float() - x_ref.grad).norm() <= rtol * x_ref.grad.norm())
+
+
+def load_causal_lm_4bit(name_or_path: str | os.PathLike, token: str | None = None,
+                        quant_storage: torch.dtype | None = None):
+    """Model and tokenizer, the model quantized to NF4 with double quantization by bitsandbytes.
+    On a GPU the model goes to the current CUDA device: GPU 0 in a notebook, each process's own GPU
+    under `accelerate launch` (which sets the device per process). ``quant_storage``: see bnb_4bit_config."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = compute_dtype()
     model = AutoModelForCausalLM.from_pretrained(
-        name_or_path, quantization_config=bnb_4bit_config(dtype), dtype=dtype, token=token,
-        device_map={"": 0} if torch.cuda.is_available() else {"": "cpu"})
+        name_or_path, quantization_config=bnb_4bit_config(dtype, quant_storage), dtype=dtype, token=token,
+        device_map={"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"})
     keep_4bit_trainable(model)
     tok = AutoTokenizer.from_pretrained(name_or_path, token=token)
     if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:

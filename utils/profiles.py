@@ -57,6 +57,25 @@ class QLoRASizes:
 
 
 @dataclass(frozen=True)
+class AblationSizes:
+    """Chapter 5: the measured training step of the memory check, the two adapters, the LoRA ablation
+    (12 runs of rank x target modules, plus alpha = rank at ``alpha_ranks``), all on SmolLM2-135M."""
+    memory_batch: int          # batch x tokens of the measured training step
+    memory_seq: int
+    adapter_steps: int         # optimizer steps per adapter (adapter operations)
+    train: int                 # fixed training dialogues, the same for every run
+    eval: int                  # held-out dialogues: final loss
+    rouge_eval: int            # held-out dialogues scored with ROUGE
+    rouge_all: bool            # ROUGE for every configuration, else only for the best and the worst
+    steps: int                 # optimizer steps per run
+    batch_size: int
+    max_length: int            # prompt + summary tokens
+    max_new_tokens: int
+    lr: float
+    alpha_ranks: tuple         # ranks where alpha = rank is run beside alpha = 2 x rank
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     description: str
@@ -68,6 +87,7 @@ class Profile:
     spam: SpamSizes
     summary: SummarySizes
     qlora: QLoRASizes
+    ablation: AblationSizes
     notes: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -89,10 +109,13 @@ PROFILES: dict[str, Profile] = {
         llm_fallback=SMOLLM2,
         spam=SpamSizes(train=None, val=None, test=None, epochs=1, batch_size=8, max_length=64,
                        lr=8e-4, eval_every=5),
-        summary=SummarySizes(train=84, eval=30, max_steps=30, batch_size=8, max_source_length=192,
-                             max_target_length=48, max_new_tokens=32, lr_full=1e-3, lr_lora=3e-3),
-        qlora=QLoRASizes(train=84, eval=30, epochs=2, batch_size=4, grad_accum=1, max_length=320,
+        summary=SummarySizes(train=84, eval=30, max_steps=30, batch_size=8, max_source_length=256,
+                             max_target_length=64, max_new_tokens=48, lr_full=1e-3, lr_lora=3e-3),
+        qlora=QLoRASizes(train=84, eval=30, epochs=1, batch_size=4, grad_accum=1, max_length=320,
                          max_new_tokens=48, lr=2e-4),
+        ablation=AblationSizes(memory_batch=2, memory_seq=128, adapter_steps=3, train=6, eval=6, rouge_eval=3,
+                               rouge_all=False, steps=3, batch_size=2, max_length=128, max_new_tokens=24,
+                               lr=1e-3, alpha_ranks=(16,)),
     ),
     "colab": Profile(
         name="colab",
@@ -105,10 +128,13 @@ PROFILES: dict[str, Profile] = {
         llm_fallback="Qwen/Qwen2.5-3B-Instruct",
         spam=SpamSizes(train=None, val=None, test=None, epochs=2, batch_size=8, max_length=120,
                        lr=8e-4, eval_every=25),
-        summary=SummarySizes(train=100, eval=50, max_steps=125, batch_size=8, max_source_length=512,
+        summary=SummarySizes(train=100, eval=50, max_steps=60, batch_size=8, max_source_length=512,
                              max_target_length=128, max_new_tokens=128, lr_full=3e-4, lr_lora=1e-3),
         qlora=QLoRASizes(train=100, eval=50, epochs=2, batch_size=2, grad_accum=4, max_length=1024,
                          max_new_tokens=96, lr=2e-4),
+        ablation=AblationSizes(memory_batch=4, memory_seq=512, adapter_steps=30, train=400, eval=50, rouge_eval=50,
+                               rouge_all=True, steps=200, batch_size=4, max_length=512, max_new_tokens=64,
+                               lr=2e-4, alpha_ranks=(4, 8, 16, 32)),
     ),
     "full": Profile(
         name="full",
@@ -123,9 +149,12 @@ PROFILES: dict[str, Profile] = {
                        lr=8e-4, eval_every=50),
         summary=SummarySizes(train=None, eval=500, max_steps=6000, batch_size=8,
                              max_source_length=512, max_target_length=128, max_new_tokens=128,
-                             lr_full=3e-4, lr_lora=1e-3),
+                             lr_full=1e-4, lr_lora=1e-3),
         qlora=QLoRASizes(train=2000, eval=500, epochs=1, batch_size=4, grad_accum=4, max_length=1024,
                          max_new_tokens=96, lr=2e-4),
+        ablation=AblationSizes(memory_batch=4, memory_seq=1024, adapter_steps=100, train=2000, eval=200,
+                               rouge_eval=200, rouge_all=True, steps=250, batch_size=8, max_length=768,
+                               max_new_tokens=96, lr=2e-4, alpha_ranks=(4, 8, 16, 32)),
     ),
 }
 

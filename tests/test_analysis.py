@@ -1,0 +1,150 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import wilcoxon
+
+from utils.analysis import (align_models, bootstrap_ci, ci_width_by_n, compare_pairs, copy_fraction, holm,
+                            length_table, paired_bootstrap, paired_test, sign_flip_test, words)
+
+
+def _pair(n=30, shift=0.02, noise=0.01, seed=0):
+    rng = np.random.default_rng(seed)
+    a = rng.uniform(0.1, 0.6, n)                 # dialogues differ a lot in difficulty ...
+    return a, a + shift + rng.normal(0, noise, n)  # ... the model gains a little on each
+
+
+def test_paired_bootstrap_equals_the_textbook_resampling():
+    a, b = _pair()
+    iv = paired_bootstrap(a, b, n_boot=3000, seed=7)
+    rng = np.random.default_rng(7)
+    idx = rng.integers(0, len(a), size=(3000, len(a)))
+    means = b[idx].mean(axis=1) - a[idx].mean(axis=1)   # same indices for both systems
+    assert math.isclose(iv.estimate, (b - a).mean())
+    assert np.allclose([iv.low, iv.high], np.quantile(means, [0.025, 0.975]))
+    assert paired_bootstrap(a, b, n_boot=3000, seed=7) == iv          # seeded: reproducible
+
+
+def test_constant_difference_has_a_zero_width_interval():
+    a = np.linspace(0, 0.5, 20)
+    iv = paired_bootstrap(a, a + 0.05)
+    assert math.isclose(iv.low, 0.05) and math.isclose(iv.high, 0.05) and iv.width < 1e-12
+
+
+def test_pairing_removes_dialogue_difficulty():
+    a, b = _pair(shift=0.02, noise=0.01)
+    paired = paired_bootstrap(a, b)
+    ia, ib = bootstrap_ci(a), bootstrap_ci(b)
+    assert paired.excludes_zero() and paired.low > 0
+    assert ia.high > ib.low                      # the two separate intervals overlap ...
+    assert paired.width < 0.25 * ia.width        # ... the paired one is far narrower
+
+
+def test_interval_coverage_is_close_to_95_percent():
+    rng = np.random.default_rng(1)
+    covered = 0
+    for _ in range(200):
+        a = rng.normal(0.3, 0.1, 40)
+        b = a + rng.normal(0.01, 0.05, 40)       # true mean difference 0.01
+        iv = paired_bootstrap(a, b, n_boot=1000, seed=int(rng.integers(1 << 30)))
+        covered += iv.low <= 0.01 <= iv.high
+    assert 0.88 <= covered / 200 <= 0.99
+
+
+def test_ci_width_shrinks_like_one_over_sqrt_n():
+    a, b = _pair(noise=0.05)
+    table = ci_width_by_n(a, b, [25, 100, 400], n_boot=4000)
+    w = table.set_index("n")["width"]
+    assert w[25] > w[100] > w[400]
+    assert 0.2 < w[400] / w[25] < 0.3           # sqrt(25 / 400) = 0.25
+
+
+def test_sign_flip_is_exact_on_small_samples():
+    # d = 1, 2, 3: of the 8 sign patterns, only +++ and --- reach |mean| = 2  ->  p = 2 / 8
+    assert sign_flip_test([0, 0, 0], [1, 2, 3]) == 0.25
+    assert sign_flip_test([0.3, 0.2], [0.3, 0.2]) == 1.0  # no difference at all
+    assert paired_test([0.1] * 5, [0.1] * 5, method="wilcoxon") == 1.0
+
+
+def test_monte_carlo_agrees_with_exact_enumeration():
+    a, b = _pair(n=13, shift=0.004, noise=0.01, seed=3)
+    exact = sign_flip_test(a, b, n_perm=10000)              # 2^13 = 8192 patterns: exact
+    approx = sign_flip_test(a, b, n_perm=2000, seed=5)       # Monte Carlo
+    assert 0.02 < exact < 0.98 and abs(exact - approx) < 0.04
+
+
+def test_tests_see_a_consistent_gain_and_not_noise():
+    a, b = _pair(shift=0.02, noise=0.01)
+    assert paired_test(a, b) < 0.001 and paired_test(a, b, method="wilcoxon") < 0.001
+    assert paired_test(a, b, method="wilcoxon") == wilcoxon(b, a, zero_method="zsplit").pvalue
+    rng = np.random.default_rng(2)
+    null_p = [sign_flip_test(x, x + rng.normal(0, 0.05, 30), n_perm=1000, seed=i)
+              for i, x in enumerate(rng.uniform(0, 1, (200, 30)))]
+    assert 0.02 < np.mean(np.array(null_p) < 0.05) < 0.09    # ~5 % false alarms under the null
+
+
+def test_holm_adjustment():
+    assert np.allclose(holm([0.01, 0.04, 0.03]), [0.03, 0.06, 0.06])
+    assert np.allclose(holm([0.5]), [0.5])
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        holm([0.2, 1.5])
+
+
+def test_compare_pairs_table():
+    a, b = _pair()
+    scores = {"base": pd.DataFrame({"rouge1": a}), "lora": pd.DataFrame({"rouge1": b})}
+    t = compare_pairs(scores, [("base", "lora")], ["rouge1"], n_boot=1000)
+    row = t.iloc[0]
+    assert math.isclose(row["diff (points)"], 100 * (b.mean() - a.mean()))
+    assert row["ci low"] < row["diff (points)"] < row["ci high"] and row["interval excludes 0"]
+    assert row["n"] == 30 and row["p (Holm)"] == row["p (sign-flip)"]
+    with pytest.raises(ValueError, match="no scores for 'qlora'"):
+        compare_pairs(scores, [("base", "qlora")], ["rouge1"])
+    with pytest.raises(ValueError, match="no 'rouge2' column"):
+        compare_pairs(scores, [("base", "lora")], ["rouge2"])
+
+
+def test_bad_input_is_a_clear_error():
+    with pytest.raises(ValueError, match="30 scores but .* has 29"):
+        paired_bootstrap(np.zeros(30), np.zeros(29))
+    with pytest.raises(ValueError, match="NaN/inf score.*position 2"):
+        paired_bootstrap([0.1, 0.2, float("nan")], [0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="at least 2 dialogues"):
+        sign_flip_test([0.1], [0.2])
+    with pytest.raises(ValueError, match="NaN"):
+        paired_test([0.1, float("nan")], [0.1, 0.2], method="wilcoxon")
+    with pytest.raises(ValueError, match="ci=95"):
+        paired_bootstrap([0.1, 0.2], [0.2, 0.3], ci=95)
+    with pytest.raises(ValueError, match="choose 'permutation'"):
+        paired_test([0.1, 0.2], [0.2, 0.3], method="t-test")
+    with pytest.raises(ValueError, match="1-D"):
+        bootstrap_ci(np.zeros((3, 2)))
+
+
+def test_copying_and_lengths():
+    dialogue = "#Person1#: I want to book a table for two at eight."
+    assert copy_fraction("I want to book a table", dialogue) == 1.0
+    assert copy_fraction("Reservation requested tonight", dialogue) == 0.0
+    assert copy_fraction("table two", dialogue) == 0.0 and math.isnan(copy_fraction("hello", dialogue))
+    assert words("#Person1#'s table, 8 pm") == ["person1", "s", "table", "8", "pm"]
+    frame = pd.DataFrame({"prediction": ["a b c d", ""], "dialogue": ["a b c", "x"],
+                          "references": [["a b", "a b c d e f"], ["x y"]]})
+    t = length_table(frame)
+    assert list(t["prediction words"]) == [4, 0] and list(t["reference words"]) == [4.0, 2.0]
+    assert list(t["length ratio"]) == [1.0, 0.0]
+    assert math.isclose(t["copied bigrams"][0], 2 / 3) and math.isnan(t["copied bigrams"][1])
+    with pytest.raises(ValueError, match="no reference"):
+        length_table(frame.assign(references=[["a"], []]))
+
+
+def test_align_models():
+    rows = [("base", "d2", "p"), ("base", "d1", "p"), ("lora", "d1", "q1"), ("lora", "d2", "q2")]
+    df = pd.DataFrame([{"model": m, "id": i, "dialogue": "x", "references": ["r"], "prediction": p} for m, i, p in rows])
+    out = align_models(df)
+    assert list(out) == ["base", "lora"] and list(out["lora"]["id"]) == ["d2", "d1"]
+    assert list(out["lora"]["prediction"]) == ["q2", "q1"]
+    with pytest.raises(ValueError, match="other dialogues"):
+        align_models(df[df["id"].ne("d1") | df["model"].eq("base")])
+    with pytest.raises(ValueError, match="several predictions"):
+        align_models(pd.concat([df, df.iloc[:1]]))

@@ -1,0 +1,152 @@
+"""The chapter-3 recipe's helpers: chat examples, exact LoRA counts, and the 4-bit CPU trap."""
+import pytest
+import torch
+from peft import get_peft_model
+
+from utils.architectures import llama_config, meta_model
+from utils.memory import count_parameters
+from utils.prompts import IGNORE_INDEX, build_chat_example
+from utils.qlora import LoRASettings, PadCollator, lora_config, lora_parameter_count, optimizer_name
+
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from utils.models import offline_tokenizer
+    return offline_tokenizer()
+
+
+DIALOGUE = "#Person1#: Can I return these shoes?\n#Person2#: Yes, with the receipt."
+SUMMARY = "#Person1# returns shoes with a receipt."
+
+
+def test_labels_mask_the_prompt_and_keep_the_summary(tok):
+    ex = build_chat_example(tok, DIALOGUE, SUMMARY, max_length=256)
+    ids, labels = ex["input_ids"], ex["labels"]
+    assert len(ids) == len(labels) == len(ex["attention_mask"])
+    n_prompt = labels.count(IGNORE_INDEX)
+    assert labels[:n_prompt] == [IGNORE_INDEX] * n_prompt and IGNORE_INDEX not in labels[n_prompt:]
+    assert labels[n_prompt:] == ids[n_prompt:]
+    assert tok.decode(labels[n_prompt:], skip_special_tokens=True).strip() == SUMMARY
+    assert labels[-1] == tok.eos_token_id                      # the model learns to stop
+
+
+def test_truncation_shortens_the_dialogue_not_the_summary(tok):
+    long_dialogue = "\n".join(f"#Person{1 + i % 2}#: sentence number {i} of a long talk." for i in range(200))
+    ex = build_chat_example(tok, long_dialogue, SUMMARY, max_length=120)
+    assert len(ex["input_ids"]) <= 120
+    answer = [t for t in ex["labels"] if t != IGNORE_INDEX]
+    assert tok.decode(answer, skip_special_tokens=True).strip() == SUMMARY
+
+
+def test_bad_examples_are_clear_errors(tok):
+    with pytest.raises(ValueError, match="empty dialogue"):
+        build_chat_example(tok, "  ", SUMMARY, 256)
+    with pytest.raises(ValueError, match="empty summary"):
+        build_chat_example(tok, DIALOGUE, None, 256)
+    with pytest.raises(ValueError, match="more than max_length"):
+        build_chat_example(tok, DIALOGUE, SUMMARY * 20, 40)
+
+
+def test_pad_collator():
+    batch = PadCollator(pad_id=7)([{"input_ids": [1, 2, 3], "attention_mask": [1, 1, 1], "labels": [-100, 2, 3]},
+                                   {"input_ids": [4], "attention_mask": [1], "labels": [4]}])
+    assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 7, 7]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 2, 3], [4, -100, -100]]
+
+
+@pytest.mark.parametrize("name, total, qkvo, all_linear", [
+    ("meta-llama/Llama-3.2-3B-Instruct", 3_212_749_824, 9_175_040, 24_313_856),
+    ("HuggingFaceTB/SmolLM2-135M-Instruct", 134_515_008, 1_843_200, 4_884_480),
+])
+def test_exact_counts_from_configuration(name, total, qkvo, all_linear):
+    config = llama_config(name)
+    assert count_parameters(meta_model(config))[1] == total
+    assert lora_parameter_count(config, LoRASettings(r=16)) == qkvo
+    assert lora_parameter_count(config, LoRASettings(r=16, targets=ALL_LINEAR)) == all_linear
+    peft_model = get_peft_model(meta_model(config), lora_config(LoRASettings(r=16)))
+    assert count_parameters(peft_model)[0] == qkvo              # PEFT agrees with the formula
+
+
+def test_unknown_target_is_an_error():
+    with pytest.raises(ValueError, match="unknown target"):
+        lora_parameter_count(llama_config("HuggingFaceTB/SmolLM2-135M-Instruct"), LoRASettings(targets=("qkv",)))
+
+
+def test_cpu_optimizer_is_plain_adamw():
+    if not torch.cuda.is_available():
+        assert optimizer_name() == "adamw_torch"
+
+
+# ----------------------------------------------------------------------------- the 4-bit CPU trap
+
+@pytest.fixture(scope="module")
+def model_4bit():
+    from utils.models import load_causal_lm_4bit, smollm2_checkpoint
+    model, _ = load_causal_lm_4bit(smollm2_checkpoint(verbose=False))
+    return model
+
+
+def _grad_matches_dequantized(layer) -> bool:
+    import bitsandbytes.functional as F
+    torch.manual_seed(0)
+    x = torch.randn(3, layer.in_features, requires_grad=True)
+    layer.train()
+    layer(x).pow(2).sum().backward()
+    w = F.dequantize_4bit(layer.weight.data, layer.weight.quant_state).float()
+    x_ref = x.detach().clone().requires_grad_(True)
+    (x_ref @ w.T).pow(2).sum().backward()
+    return x.grad is not None and torch.allclose(x.grad, x_ref.grad, atol=1e-3, rtol=1e-3)
+
+
+def test_4bit_weights_are_really_nf4_and_counted_exactly(model_4bit):
+    import bitsandbytes as bnb
+    layer = model_4bit.model.layers[0].self_attn.q_proj
+    assert isinstance(layer, bnb.nn.Linear4bit) and layer.weight.quant_state.quant_type == "nf4"
+    assert layer.weight.dtype == torch.uint8
+    assert count_parameters(model_4bit)[1] == 134_515_008
+
+
+def test_gradients_flow_after_an_eval_pass(model_4bit):
+    """The order a course follows: evaluate the base, then train. Gradients through the frozen 4-bit
+    matmul must still equal those of the dequantized weight."""
+    layer = model_4bit.model.layers[1].self_attn.q_proj
+    layer.eval()
+    with torch.no_grad():
+        layer(torch.randn(2, layer.in_features))
+    assert _grad_matches_dequantized(layer)
+
+
+def test_keep_4bit_trainable_undoes_a_cpu_repacking(model_4bit):
+    from bitsandbytes.functional import has_avx512bf16
+    from utils.models import keep_4bit_trainable
+    if not has_avx512bf16():
+        pytest.skip("this CPU has no AVX512-BF16: bitsandbytes never repacks here")
+    layer = model_4bit.model.layers[2].self_attn.v_proj
+    layer.support_avx512bf16_for_cpu = True               # what bitsandbytes sets by default
+    layer.eval()
+    with torch.no_grad():
+        layer(torch.randn(2, layer.in_features))
+    assert layer.weight.quant_state.packing_format_for_cpu  # the trap is armed
+    assert keep_4bit_trainable(layer) == 1
+    assert _grad_matches_dequantized(layer)
+
+
+def test_gradient_check_sees_a_working_layer_and_a_broken_one(model_4bit):
+    """utils.models.four_bit_gradient_matches (notebook 03's check) must say True on a layer that trains
+    and False on one the CPU trap has broken, or its True in the notebook would mean nothing."""
+    from bitsandbytes.functional import has_avx512bf16
+    from utils.models import four_bit_gradient_matches, keep_4bit_trainable
+    layer = model_4bit.model.layers[3].self_attn.o_proj
+    assert four_bit_gradient_matches(layer)
+    if not has_avx512bf16():
+        pytest.skip("this CPU has no AVX512-BF16: the trap cannot be armed here")
+    layer.support_avx512bf16_for_cpu = True
+    layer.eval()
+    with torch.no_grad():
+        layer(torch.randn(2, layer.in_features))
+    assert not four_bit_gradient_matches(layer)
+    keep_4bit_trainable(layer)
+    assert four_bit_gradient_matches(layer)

@@ -1,0 +1,130 @@
+"""The QLoRA recipe of chapter 3, in one place: notebook 03 shows it step by step and the
+command-line fine-tuner reuses it. A 4-bit base (NF4 + double quantization), frozen and prepared
+with ``prepare_model_for_kbit_training``, LoRA on the attention projections, chat-template examples
+with the loss on the summary only, the Transformers ``Trainer`` with the brief's memory savers."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .prompts import IGNORE_INDEX, build_chat_example, chat_prompt_ids
+
+
+@dataclass(frozen=True)
+class LoRASettings:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    extra: dict = field(default_factory=dict)
+
+
+def lora_config(s: LoRASettings = LoRASettings()):
+    from peft import LoraConfig, TaskType
+
+    return LoraConfig(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=list(s.targets),
+                      bias="none", task_type=TaskType.CAUSAL_LM, **s.extra)
+
+
+def add_lora(model, s: LoRASettings = LoRASettings(), gradient_checkpointing: bool = True):
+    """Freeze the 4-bit base (``prepare_model_for_kbit_training`` also casts norms to fp32 and enables
+    input gradients for checkpointing), then wrap it with LoRA adapters."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    model = prepare_model_for_kbit_training(
+        model, use_gradient_checkpointing=gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False})
+    return get_peft_model(model, lora_config(s))
+
+
+def lora_parameter_count(config, s: LoRASettings = LoRASettings()) -> int:
+    """LoRA parameters of a Llama-family model from its configuration alone: r x (in + out) per target."""
+    h = config.hidden_size
+    head_dim = getattr(config, "head_dim", None) or h // config.num_attention_heads
+    q_out, kv = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
+    shapes = {"q_proj": (h, q_out), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q_out, h),
+              "gate_proj": (h, config.intermediate_size), "up_proj": (h, config.intermediate_size),
+              "down_proj": (config.intermediate_size, h)}
+    unknown = set(s.targets) - set(shapes)
+    if unknown:
+        raise ValueError(f"unknown target module(s) {sorted(unknown)}; known: {sorted(shapes)}")
+    return config.num_hidden_layers * sum(s.r * sum(shapes[t]) for t in s.targets)
+
+
+def tokenize_examples(frame, tokenizer, max_length: int) -> list[dict]:
+    """One chat-template example per (dialogue, summary) row."""
+    return [build_chat_example(tokenizer, d, s, max_length) for d, s in zip(frame["dialogue"], frame["summary"])]
+
+
+class PadCollator:
+    """Right-pads a batch: ``pad_id`` for inputs, 0 for the attention mask, IGNORE_INDEX for labels."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, batch: list[dict]) -> dict:
+        n = max(len(b["input_ids"]) for b in batch)
+        pad = lambda seq, v: list(seq) + [v] * (n - len(seq))  # noqa: E731
+        return {"input_ids": torch.tensor([pad(b["input_ids"], self.pad_id) for b in batch]),
+                "attention_mask": torch.tensor([pad(b["attention_mask"], 0) for b in batch]),
+                "labels": torch.tensor([pad(b["labels"], IGNORE_INDEX) for b in batch])}
+
+
+def optimizer_name() -> str:
+    """Paged 8-bit AdamW on CUDA (its states page to CPU RAM under memory pressure); on a CPU there is
+    no GPU memory to page from and the 8-bit kernels are CUDA-only, so plain AdamW."""
+    return "paged_adamw_8bit" if torch.cuda.is_available() else "adamw_torch"
+
+
+def training_arguments(sizes, output_dir, dtype: torch.dtype, **overrides):
+    from transformers import TrainingArguments
+
+    args = dict(output_dir=str(output_dir), num_train_epochs=sizes.epochs, per_device_train_batch_size=sizes.batch_size,
+                gradient_accumulation_steps=sizes.grad_accum, learning_rate=sizes.lr, lr_scheduler_type="constant",
+                warmup_steps=0, optim=optimizer_name(), gradient_checkpointing=True,
+                gradient_checkpointing_kwargs={"use_reentrant": False}, logging_steps=1, save_strategy="no",
+                report_to="none", disable_tqdm=True, seed=42, data_seed=42, remove_unused_columns=False,
+                fp16=dtype == torch.float16, bf16=dtype == torch.bfloat16, dataloader_pin_memory=False)
+    args.update(overrides)
+    return TrainingArguments(**args)
+
+
+@torch.no_grad()
+def generate_summaries(model, tokenizer, dialogues, max_new_tokens: int, batch_size: int = 8,
+                       max_prompt_tokens: int = 1024) -> list[str]:
+    """Greedy summaries, batched with left padding (decoder-only models continue from the right end)."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    out = []
+    for i in range(0, len(dialogues), batch_size):
+        prompts = [chat_prompt_ids(tokenizer, d, max_prompt_tokens) for d in dialogues[i:i + batch_size]]
+        n = max(map(len, prompts))
+        ids = torch.tensor([[tokenizer.pad_token_id] * (n - len(p)) + p for p in prompts], device=dev)
+        mask = torch.tensor([[0] * (n - len(p)) + [1] * len(p) for p in prompts], device=dev)
+        gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        out += [t.strip() for t in tokenizer.batch_decode(gen[:, n:], skip_special_tokens=True)]
+    model.train(was_training)
+    return out
+
+
+def loss_printer(every: int = 5):
+    """A Trainer callback that prints one short line every ``every`` optimizer steps (and at the last):
+    step, training loss, seconds so far. A live view of the loss without a line per step."""
+    import time
+
+    from transformers import TrainerCallback
+
+    class LossPrinter(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            self.t0 = time.perf_counter()
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            step, last = state.global_step, state.global_step == state.max_steps
+            if logs and "loss" in logs and (step % every == 0 or last or step == 1):
+                print(f"step {step:>4}/{state.max_steps} | loss {logs['loss']:.3f} | "
+                      f"{time.perf_counter() - self.t0:5.0f} s", flush=True)
+
+    return LossPrinter()

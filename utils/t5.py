@@ -1,0 +1,342 @@
+"""Flan-T5 for chapter 2: configurations, loading on both paths, Seq2Seq data, generation, sizes.
+
+* ``colab``/``full``: ``google/flan-t5-base`` and its tokenizer from the hub.
+* ``smoke``: no pretrained T5 exists offline, so a small T5 v1.1 (gated-GELU, untied output head, the
+  same code as Flan-T5) with **random** weights, written once per run to the cache and loaded by every
+  model of the chapter, with SmolLM2's byte-level BPE as tokenizer.
+
+The exact parameter counts of flan-t5-base come from its configuration alone: the model is built on
+PyTorch's ``meta`` device (shapes, no memory), from the hub's config online or from the literal
+hyper-parameters below offline.
+
+A transformers 5 detail worth knowing: ``T5Config`` always sets ``tie_word_embeddings=True`` (it keeps
+the file's ``false`` only as "do not rescale the decoder output"), so ``T5ForConditionalGeneration(config)``
+ties ``lm_head`` to the input embedding even for T5 v1.1 / Flan-T5, whose head is a separate matrix.
+Loading a real checkpoint unties it again (with a warning that both tensors differ); a model built from a
+config must be untied by hand (:func:`untie_lm_head`), or it has 24.7 M parameters fewer than flan-t5-base.
+"""
+from __future__ import annotations
+
+import contextlib
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .memory import dir_size_mb
+from .prompts import IGNORE_INDEX, t5_prompt
+
+# google/flan-t5-base, as in its public config.json (T5 v1.1 architecture: gated-GELU, untied head).
+FLAN_T5_BASE = dict(d_model=768, d_ff=2048, d_kv=64, num_heads=12, num_layers=12, num_decoder_layers=12,
+                    vocab_size=32128, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+                    relative_attention_num_buckets=32, relative_attention_max_distance=128, dropout_rate=0.1,
+                    layer_norm_epsilon=1e-6, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+FLAN_T5_BASE_PARAMETERS = 247_577_856        # what the hub checkpoint holds (a unit test checks the config gives it)
+
+# The offline stand-in: the same family, small enough to train in seconds on a CPU. Its vocabulary is the
+# offline tokenizer's; pad / EOS / decoder-start ids are set from that tokenizer.
+TINY_T5 = dict(d_model=128, d_ff=256, d_kv=32, num_heads=4, num_layers=2, num_decoder_layers=2,
+               feed_forward_proj="gated-gelu", tie_word_embeddings=False, relative_attention_num_buckets=32,
+               relative_attention_max_distance=128, dropout_rate=0.1, layer_norm_epsilon=1e-6)
+
+# The brief's T5 recipe (the "T5 note"): rank 32, alpha 32, on the query and value projections.
+T5_LORA = dict(r=32, lora_alpha=32, target_modules=["q", "v"], lora_dropout=0.05, bias="none")
+
+
+# ----------------------------------------------------------------------------- configurations and counts
+
+def t5_config(**hyper_parameters):
+    """A ``T5Config`` from hyper-parameters (e.g. ``FLAN_T5_BASE``), as the hub's config.json would give."""
+    from transformers import T5Config
+
+    return T5Config(**hyper_parameters)
+
+
+def flan_t5_config(profile):
+    """flan-t5-base's configuration: from the hub on the real path, from ``FLAN_T5_BASE`` offline."""
+    if profile.online:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(profile.t5_model)
+    return t5_config(**FLAN_T5_BASE)
+
+
+def has_separate_head(config) -> bool:
+    """T5 v1.1 / Flan-T5 (config file: ``tie_word_embeddings: false``) have their own output matrix;
+    transformers 5 records that as ``scale_decoder_outputs=False``."""
+    return not getattr(config, "scale_decoder_outputs", True)
+
+
+def untie_lm_head(model):
+    """Give a T5 v1.1 model built from its config its own ``lm_head`` (see the module docstring).
+    Off the meta device the new head is random with std ``factor / sqrt(d_model)``, so that a random model's
+    logits start near unit scale and its loss near ln(vocabulary). (transformers' own init for an untied T5
+    head uses std ``factor``, which starts a small random model at a loss of ~50 that training spends its
+    first steps bringing down.)"""
+    if model.lm_head.weight is not model.shared.weight:
+        return model
+    ref = model.shared.weight
+    head = nn.Linear(model.config.d_model, model.config.vocab_size, bias=False, device=ref.device, dtype=ref.dtype)
+    if ref.device.type != "meta":
+        nn.init.normal_(head.weight, mean=0.0, std=model.config.initializer_factor * model.config.d_model ** -0.5)
+    model.lm_head = head
+    getattr(model, "all_tied_weights_keys", {}).pop("lm_head.weight", None)
+    return model
+
+
+def meta_t5(config):
+    """The full module tree of a T5 model on the meta device: exact shapes, no weights allocated."""
+    from transformers import T5ForConditionalGeneration
+
+    with torch.device("meta"):
+        model = T5ForConditionalGeneration(config)
+    return untie_lm_head(model) if has_separate_head(config) else model
+
+
+def lora_parameter_count(config, r: int = T5_LORA["r"], targets=tuple(T5_LORA["target_modules"])) -> int:
+    """LoRA parameters of a T5 model from its configuration: r x (in + out) per adapted projection, in
+    every attention block (encoder self-attention, decoder self- and cross-attention)."""
+    inner = config.num_heads * config.d_kv
+    shapes = {"q": (config.d_model, inner), "k": (config.d_model, inner), "v": (config.d_model, inner),
+              "o": (inner, config.d_model)}
+    unknown = set(targets) - set(shapes)
+    if unknown:
+        raise ValueError(f"unknown T5 attention projection(s) {sorted(unknown)}; T5 names them {sorted(shapes)}.")
+    attention_blocks = config.num_layers + 2 * config.num_decoder_layers
+    return attention_blocks * sum(r * sum(shapes[t]) for t in targets)
+
+
+def t5_lora_config(**overrides):
+    """PEFT's ``LoraConfig`` for a sequence-to-sequence model, with the brief's T5 recipe."""
+    from peft import LoraConfig, TaskType
+
+    return LoraConfig(**{**T5_LORA, **overrides}, task_type=TaskType.SEQ_2_SEQ_LM)
+
+
+def checkpoint_size_mb(model, path) -> float:
+    """``save_pretrained`` into a fresh ``path`` and return its size on disk in MB (2^20 bytes). A PEFT
+    model saves its adapter only; a plain model saves every weight."""
+    path = Path(path)
+    if path.exists():
+        shutil.rmtree(path)
+    with quiet_transformers():
+        model.save_pretrained(path)
+    return dir_size_mb(path)
+
+
+def weights_mb(n_parameters: int, dtype: torch.dtype = torch.float32) -> float:
+    """What ``n_parameters`` weights take at ``dtype``, in MB (2^20 bytes): the floor of a checkpoint's size."""
+    return n_parameters * torch.empty(0, dtype=dtype).element_size() / 2**20
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+def check_t5_tokenizer(tokenizer, config=None) -> None:
+    """What an encoder-decoder needs from its tokenizer: a padding token, a distinct end-of-sequence token,
+    and (given the model's config) the same pad id as the model, which also starts every decoder input."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no EOS token: T5 must learn where a summary ends. Set "
+                         "tokenizer.eos_token to a special token of its vocabulary.")
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        raise ValueError("the tokenizer needs a padding token distinct from EOS (T5 starts every decoder input "
+                         "with the pad token; if it were EOS, the model would read 'end' as 'start'). Set "
+                         "tokenizer.pad_token to another special token.")
+    if tokenizer.padding_side != "right":
+        raise ValueError(f"padding_side is {tokenizer.padding_side!r}: an encoder-decoder pads on the right "
+                         f"(the decoder starts fresh; only decoder-only models need left padding). "
+                         f"Set tokenizer.padding_side = 'right'.")
+    if config is None:
+        return
+    if config.decoder_start_token_id != tokenizer.pad_token_id or config.pad_token_id != tokenizer.pad_token_id:
+        raise ValueError(f"the model starts decoding with id {config.decoder_start_token_id} and pads with "
+                         f"{config.pad_token_id}, the tokenizer pads with {tokenizer.pad_token_id}: they must agree.")
+    if config.eos_token_id != tokenizer.eos_token_id:
+        raise ValueError(f"the model's EOS id is {config.eos_token_id}, the tokenizer's {tokenizer.eos_token_id}.")
+    if len(tokenizer) > config.vocab_size:
+        raise ValueError(f"the tokenizer has {len(tokenizer):,} tokens but the model's embedding only "
+                         f"{config.vocab_size:,} rows: some ids would have no embedding.")
+
+
+def t5_tokenizer(profile):
+    """Flan-T5's SentencePiece tokenizer online; offline, SmolLM2's byte-level BPE made fit for T5:
+    ``<|endoftext|>`` (id 0, as T5's ``<pad>``) pads and starts the decoder, ``<|im_end|>`` ends a sequence."""
+    from transformers import AutoTokenizer
+
+    if profile.online:
+        tok = AutoTokenizer.from_pretrained(profile.t5_model)
+    else:
+        from .models import offline_tokenizer
+
+        tok = offline_tokenizer()
+        tok.pad_token = "<|endoftext|>"
+    tok.padding_side = "right"
+    check_t5_tokenizer(tok)
+    return tok
+
+
+# ----------------------------------------------------------------------------- models
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' progress bars and warnings for a block (loading and saving checkpoints)."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def tiny_t5_checkpoint(tokenizer, path, seed: int = 42, **overrides) -> Path:
+    """Write a randomly initialised small T5 v1.1 sized for ``tokenizer`` to ``path`` (replacing it) and
+    return the folder. Every model of the offline chapter loads this one file, so they all start from the
+    same weights, exactly as they would all start from flan-t5-base online."""
+    from transformers import T5ForConditionalGeneration
+
+    check_t5_tokenizer(tokenizer)
+    config = t5_config(**{**TINY_T5, **overrides}, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                       eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+                       decoder_start_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    model = untie_lm_head(T5ForConditionalGeneration(config))
+    checkpoint_size_mb(model, path)
+    return Path(path)
+
+
+def t5_name_or_path(profile, tokenizer, cache_dir) -> str:
+    """The base every model of chapter 2 loads: the hub's flan-t5-base, or the offline random T5."""
+    if profile.online:
+        return profile.t5_model
+    return str(tiny_t5_checkpoint(tokenizer, Path(cache_dir) / "02_t5_random_init"))
+
+
+def load_t5(name_or_path, tokenizer=None, device=None):
+    """A fresh T5 in fp32 (T5 overflows in fp16; mixed precision, where used, is the Trainer's job).
+    Checks that the output head is its own matrix and, with ``tokenizer``, that their special ids agree."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    with quiet_transformers():
+        model = AutoModelForSeq2SeqLM.from_pretrained(name_or_path, dtype=torch.float32)
+    if has_separate_head(model.config) and model.lm_head.weight is model.shared.weight:
+        raise RuntimeError(f"{name_or_path}: lm_head came back tied to the embedding; this transformers version "
+                           f"loads T5 v1.1 checkpoints differently than the course expects.")
+    if tokenizer is not None:
+        check_t5_tokenizer(tokenizer, model.config)
+    return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def t5_training_dtype() -> torch.dtype:
+    """bf16 mixed precision where the GPU has it natively (compute capability >= 8), else fp32. Never fp16:
+    T5's activations overflow fp16's range (inf/NaN losses), which is why a T4 trains T5 in fp32."""
+    from .models import compute_dtype
+
+    dtype = compute_dtype()
+    return torch.float32 if dtype == torch.float16 else dtype
+
+
+def drop_mixed_precision_wrapper(trainer):
+    """After ``trainer.train()`` in bf16 (or fp16), Accelerate leaves the model's ``forward`` wrapped in autocast:
+    every later forward pass and ``generate`` of that model would run in 16-bit, while a model loaded afresh runs in
+    fp32, so two copies of the same weights would disagree. This removes the wrapper (a no-op without mixed
+    precision) and returns the model, so that every model of the chapter is evaluated alike."""
+    return trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+
+
+# ----------------------------------------------------------------------------- data
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def encode_source(tokenizer, dialogue: str, max_source_length: int) -> list[int]:
+    """Token ids of the instruction prompt for one dialogue, ending with EOS. A dialogue too long for
+    ``max_source_length`` is shortened from its end; the instruction and the final "Summary:" are kept."""
+    ids = _encode(tokenizer, t5_prompt(dialogue))
+    if len(ids) + 1 <= max_source_length:
+        return ids + [tokenizer.eos_token_id]
+    words = dialogue.strip().split(" ")
+    keep = max(1, int(len(words) * (max_source_length - 1) / len(ids)))
+    while True:
+        words = words[:keep]
+        ids = _encode(tokenizer, t5_prompt(" ".join(words)))
+        if len(ids) + 1 <= max_source_length:
+            return ids + [tokenizer.eos_token_id]
+        if keep == 1:
+            raise ValueError(f"max_source_length={max_source_length} is too short for the instruction alone "
+                             f"({len(ids) + 1} tokens with one word of dialogue); raise it.")
+        keep = max(1, int(keep * 0.9))
+
+
+def encode_target(tokenizer, summary: str, max_target_length: int) -> list[int]:
+    """Label ids of a reference summary: its tokens (cut to fit) followed by EOS, so the model learns to stop."""
+    if not isinstance(summary, str) or not summary.strip():
+        raise ValueError("empty summary: every training example needs a reference summary.")
+    if max_target_length < 2:
+        raise ValueError(f"max_target_length={max_target_length}: a summary needs at least one token and EOS.")
+    return _encode(tokenizer, summary.strip())[: max_target_length - 1] + [tokenizer.eos_token_id]
+
+
+def tokenize_pairs(frame, tokenizer, max_source_length: int, max_target_length: int) -> list[dict]:
+    """One training example per (dialogue, summary) row: encoder input, its mask, decoder labels."""
+    missing = {"dialogue", "summary"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"the frame lacks column(s) {sorted(missing)}; load it with utils.data.load_dialogsum.")
+    examples = []
+    for dialogue, summary in zip(frame["dialogue"], frame["summary"]):
+        ids = encode_source(tokenizer, dialogue, max_source_length)
+        examples.append({"input_ids": ids, "attention_mask": [1] * len(ids),
+                         "labels": encode_target(tokenizer, summary, max_target_length)})
+    return examples
+
+
+class Seq2SeqCollator:
+    """Right-pads a batch: inputs with ``pad_id`` (mask 0), labels with IGNORE_INDEX. The model builds its
+    decoder inputs from the labels itself: shifted right, starting with the decoder-start (= pad) id."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, batch: list[dict]) -> dict:
+        if not batch:
+            raise ValueError("empty batch")
+        n_in = max(len(b["input_ids"]) for b in batch)
+        n_out = max(len(b["labels"]) for b in batch)
+        pad = lambda seq, n, v: list(seq) + [v] * (n - len(seq))  # noqa: E731
+        return {"input_ids": torch.tensor([pad(b["input_ids"], n_in, self.pad_id) for b in batch]),
+                "attention_mask": torch.tensor([pad(b["attention_mask"], n_in, 0) for b in batch]),
+                "labels": torch.tensor([pad(b["labels"], n_out, IGNORE_INDEX) for b in batch])}
+
+
+# ----------------------------------------------------------------------------- generation
+
+@torch.no_grad()
+def generate_summaries(model, tokenizer, dialogues, max_new_tokens: int, max_source_length: int,
+                       batch_size: int = 8) -> list[str]:
+    """Greedy summaries, batched. The encoder reads right-padded prompts under an attention mask, and the
+    decoder starts fresh for every row, so padding does not change any summary."""
+    dialogues = list(dialogues)
+    if not dialogues:
+        raise ValueError("no dialogues to summarise: the list is empty.")
+    if max_new_tokens < 1 or batch_size < 1:
+        raise ValueError(f"max_new_tokens ({max_new_tokens}) and batch_size ({batch_size}) must be at least 1.")
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    collate, out = Seq2SeqCollator(tokenizer.pad_token_id), []
+    for i in range(0, len(dialogues), batch_size):
+        batch = [{"input_ids": ids, "attention_mask": [1] * len(ids), "labels": []}
+                 for ids in (encode_source(tokenizer, d, max_source_length) for d in dialogues[i:i + batch_size])]
+        enc = collate(batch)
+        gen = model.generate(input_ids=enc["input_ids"].to(dev), attention_mask=enc["attention_mask"].to(dev),
+                             max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                             decoder_start_token_id=tokenizer.pad_token_id)
+        out += [t.strip() for t in tokenizer.batch_decode(gen, skip_special_tokens=True)]
+    model.train(was_training)
+    return out
