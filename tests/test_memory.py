@@ -1,0 +1,64 @@
+"""utils.memory: weight footprints, the textbook's table, peak memory; and notebook 03's 4-bit gradient check."""
+import pytest
+import torch
+
+from utils.architectures import llama_config, meta_model
+from utils.memory import NF4_DQ_BITS, PeakMemory, Timer, textbook_estimate_gb, weight_footprint_bytes
+from utils.planner import parameter_count, quantized_parameter_count
+
+SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+LLAMA = "meta-llama/Llama-3.2-3B-Instruct"
+
+
+@pytest.mark.parametrize("name", [SMOL, LLAMA])
+def test_weight_footprint_counts_16_bit_and_nf4_exactly(name):
+    config = llama_config(name)
+    model = meta_model(config)
+    n, quantized = parameter_count(config), quantized_parameter_count(config)
+    assert weight_footprint_bytes(model) == 2 * n
+    assert weight_footprint_bytes(model, NF4_DQ_BITS) == int(quantized * NF4_DQ_BITS / 8 + (n - quantized) * 2)
+    assert NF4_DQ_BITS == pytest.approx(4.127, abs=1e-3)       # 4 + 8/64 + 32/(64 x 256)
+
+
+def test_tied_embeddings_are_counted_once():
+    model = meta_model(llama_config(SMOL))
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert weight_footprint_bytes(model) == 2 * 134_515_008
+
+
+def test_textbook_table_is_reproduced():
+    gb = textbook_estimate_gb(7_000_000_000)
+    assert gb == pytest.approx({"full fine-tuning": 112.0, "LoRA": 15.4, "QLoRA": 4.2})
+    assert textbook_estimate_gb(70_000_000_000)["QLoRA"] == pytest.approx(42.0)
+
+
+def test_peak_memory_sees_an_allocation_and_its_release():
+    with Timer() as clock, PeakMemory() as mem:
+        block = torch.ones(300 * 2**20 // 4)               # 300 MB, touched
+        block.add_(1)
+        del block
+    assert mem.delta_mb > 200 and mem.peak_mb >= mem.start_mb + mem.delta_mb - 1e-6
+    assert clock.seconds > 0
+
+
+@pytest.fixture(scope="module")
+def layer_4bit():
+    from utils.models import load_causal_lm_4bit, smollm2_checkpoint
+    model, _ = load_causal_lm_4bit(smollm2_checkpoint(verbose=False))
+    return model.model.layers[4].mlp.down_proj
+
+
+def test_gradient_check_passes_on_a_working_layer(layer_4bit):
+    from utils.models import four_bit_gradient_matches
+    assert four_bit_gradient_matches(layer_4bit)
+
+
+def test_gradient_check_fails_when_no_gradient_flows(layer_4bit):
+    """A layer whose output is cut from the graph (what the CPU trap does) must fail the check."""
+    from utils.models import four_bit_gradient_matches
+    handle = layer_4bit.register_forward_hook(lambda m, i, out: out.detach().requires_grad_(True))
+    try:
+        assert not four_bit_gradient_matches(layer_4bit)
+    finally:
+        handle.remove()
+    assert four_bit_gradient_matches(layer_4bit)
