@@ -1,4 +1,4 @@
-"""Run the notebooks in course order and report a per-notebook table (executed, seconds, profile).
+"""Run the notebooks in course order and report a per-notebook table (executed, seconds, peak memory, profile).
 
 ``python -m utils.runner execute NB...``  re-executes notebooks in place (``make course``);
 ``python -m utils.runner nbval NB...``    re-executes them under nbval, one pytest per notebook (``make test``).
@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -23,16 +24,23 @@ def _profile_of(nb: Path) -> str:
         return "?"
 
 
-def _execute(nb: Path) -> int:
-    cmd = [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute", "--inplace",
-           "--ExecutePreprocessor.timeout=1800", str(nb)]
-    return subprocess.call(cmd, cwd=ROOT)
+def _call(cmd: list[str]) -> tuple[int, float]:
+    """Exit status and peak resident memory (MB) of a command: the largest of its process and the
+    processes it waited for (the notebook's kernel), as the kernel's accounting reports it (Linux)."""
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_maxrss / 1024          # ru_maxrss is in KiB on Linux
 
 
-def _nbval(nb: Path) -> int:
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
-           "--nbval-current-env", "--nbval-cell-timeout=1800", str(nb)]
-    return subprocess.call(cmd, cwd=ROOT)
+def _execute(nb: Path) -> tuple[int, float]:
+    return _call([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute", "--inplace",
+                  "--ExecutePreprocessor.timeout=1800", str(nb)])
+
+
+def _nbval(nb: Path) -> tuple[int, float]:
+    return _call([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
+                  "--nbval-current-env", "--nbval-cell-timeout=1800", str(nb)])
 
 
 def main(argv: list[str]) -> int:
@@ -42,12 +50,13 @@ def main(argv: list[str]) -> int:
     for nb in notebooks:
         print(f"\n=== {mode}: {nb.name}", flush=True)
         t0 = time.perf_counter()
-        rc = run(nb)
-        rows.append((nb.name, "passed" if rc == 0 else f"FAILED ({rc})", time.perf_counter() - t0, _profile_of(nb)))
+        rc, peak_mb = run(nb)
+        rows.append((nb.name, "passed" if rc == 0 else f"FAILED ({rc})", time.perf_counter() - t0, peak_mb,
+                     _profile_of(nb)))
         failed |= rc != 0
-    print(f"\n{'notebook':<44} {'result':<12} {'seconds':>8}  profile")
-    for name, res, sec, prof in rows:
-        print(f"{name:<44} {res:<12} {sec:8.0f}  {prof}")
+    print(f"\n{'notebook':<44} {'result':<12} {'seconds':>8} {'peak RSS (MB)':>14}  profile")
+    for name, res, sec, peak, prof in rows:
+        print(f"{name:<44} {res:<12} {sec:8.0f} {peak:14,.0f}  {prof}")
     print(f"{'total':<44} {'':<12} {sum(r[2] for r in rows):8.0f}")
     return 1 if failed else 0
 
