@@ -55,3 +55,17 @@ def test_course_llm_overrides_the_profile(monkeypatch):
     assert models.llm_name_or_path(PROFILES["colab"]) == FALLBACK
     monkeypatch.delenv("COURSE_LLM")
     assert models.llm_name_or_path(PROFILES["colab"]) == LLAMA
+
+
+def test_online_profile_without_gpu_stops_with_what_to_do(monkeypatch):
+    from utils.profiles import PROFILES
+    monkeypatch.setattr(models.torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("COURSE_ALLOW_CPU", raising=False)
+    with pytest.raises(ModelAccessError, match=r"needs a CUDA GPU.*T4 GPU.*COURSE_PROFILE=smoke.*COURSE_ALLOW_CPU=1"):
+        models.check_gpu_for(PROFILES["colab"])
+    models.check_gpu_for(PROFILES["smoke"])                # offline: the CPU is the plan
+    monkeypatch.setenv("COURSE_ALLOW_CPU", "1")
+    models.check_gpu_for(PROFILES["colab"])                # asked for explicitly
+    monkeypatch.setattr(models.torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("COURSE_ALLOW_CPU")
+    models.check_gpu_for(PROFILES["colab"])

@@ -495,10 +495,11 @@ def prepare(plan: Plan, verbose: bool = True) -> Prepared:
     from tqdm.auto import tqdm
     from transformers import AutoTokenizer
 
-    from .models import check_llm_access, hf_token, llm_display_name, llm_name_or_path
+    from .models import check_gpu_for, check_llm_access, hf_token, llm_display_name, llm_name_or_path
     from .qlora import tokenize_examples
 
     cfg, sizes = plan.cfg, plan.sizes
+    check_gpu_for(plan.profile)                            # colab/full on a CPU: hours; stop now unless asked
     if cfg.data_dir:
         os.environ["COURSE_DATA_DIR"] = cfg.data_dir
     splits, source = load_dialogsum(online=plan.profile.online, splits=("train", "test"), verbose=verbose)

@@ -101,6 +101,18 @@ def check_llm_access(model_id: str, fallback: str, token: str | None) -> None:
         raise ModelAccessError(f"{model_id} is gated and {state} ({type(e).__name__}). {how}") from None
 
 
+def check_gpu_for(profile: Profile) -> None:
+    """The online profiles fine-tune a 3B model: hours on a CPU instead of minutes on a T4. Stop early, with
+    what to do, unless ``COURSE_ALLOW_CPU=1`` says the wait is wanted."""
+    if not profile.online or torch.cuda.is_available() or os.environ.get("COURSE_ALLOW_CPU", "") not in ("", "0"):
+        return
+    raise ModelAccessError(
+        f"profile {profile.name!r} fine-tunes {profile.llm_model} and needs a CUDA GPU, but none is visible. "
+        f"On Colab: Runtime > Change runtime type > T4 GPU, then re-run. Without a GPU: COURSE_PROFILE=smoke runs the "
+        f"same recipe on SmolLM2-135M in minutes (with COURSE_DATA_DIR for the real DialogSum files), or set "
+        f"COURSE_ALLOW_CPU=1 to go on anyway (hours).")
+
+
 # ----------------------------------------------------------------------------- 4-bit loading
 
 def compute_dtype() -> torch.dtype:
