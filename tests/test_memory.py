@@ -1,4 +1,4 @@
-"""utils.memory: weight footprints, the textbook's table, peak memory; and notebook 03's 4-bit gradient check."""
+"""utils.memory: weight footprints, the textbook's table, peak memory."""
 import pytest
 import torch
 
@@ -39,26 +39,3 @@ def test_peak_memory_sees_an_allocation_and_its_release():
         del block
     assert mem.delta_mb > 200 and mem.peak_mb >= mem.start_mb + mem.delta_mb - 1e-6
     assert clock.seconds > 0
-
-
-@pytest.fixture(scope="module")
-def layer_4bit():
-    from utils.models import load_causal_lm_4bit, smollm2_checkpoint
-    model, _ = load_causal_lm_4bit(smollm2_checkpoint(verbose=False))
-    return model.model.layers[4].mlp.down_proj
-
-
-def test_gradient_check_passes_on_a_working_layer(layer_4bit):
-    from utils.models import four_bit_gradient_matches
-    assert four_bit_gradient_matches(layer_4bit)
-
-
-def test_gradient_check_fails_when_no_gradient_flows(layer_4bit):
-    """A layer whose output is cut from the graph (what the CPU trap does) must fail the check."""
-    from utils.models import four_bit_gradient_matches
-    handle = layer_4bit.register_forward_hook(lambda m, i, out: out.detach().requires_grad_(True))
-    try:
-        assert not four_bit_gradient_matches(layer_4bit)
-    finally:
-        handle.remove()
-    assert four_bit_gradient_matches(layer_4bit)

@@ -89,18 +89,6 @@ def model_4bit():
     return model
 
 
-def _grad_matches_dequantized(layer) -> bool:
-    import bitsandbytes.functional as F
-    torch.manual_seed(0)
-    x = torch.randn(3, layer.in_features, requires_grad=True)
-    layer.train()
-    layer(x).pow(2).sum().backward()
-    w = F.dequantize_4bit(layer.weight.data, layer.weight.quant_state).float()
-    x_ref = x.detach().clone().requires_grad_(True)
-    (x_ref @ w.T).pow(2).sum().backward()
-    return x.grad is not None and torch.allclose(x.grad, x_ref.grad, atol=1e-3, rtol=1e-3)
-
-
 def test_4bit_weights_are_really_nf4_and_counted_exactly(model_4bit):
     import bitsandbytes as bnb
     layer = model_4bit.model.layers[0].self_attn.q_proj
@@ -110,18 +98,19 @@ def test_4bit_weights_are_really_nf4_and_counted_exactly(model_4bit):
 
 
 def test_gradients_flow_after_an_eval_pass(model_4bit):
+    from utils.models import four_bit_gradient_matches
     """The order a course follows: evaluate the base, then train. Gradients through the frozen 4-bit
     matmul must still equal those of the dequantized weight."""
     layer = model_4bit.model.layers[1].self_attn.q_proj
     layer.eval()
     with torch.no_grad():
         layer(torch.randn(2, layer.in_features))
-    assert _grad_matches_dequantized(layer)
+    assert four_bit_gradient_matches(layer)
 
 
 def test_keep_4bit_trainable_undoes_a_cpu_repacking(model_4bit):
     from bitsandbytes.functional import has_avx512bf16
-    from utils.models import keep_4bit_trainable
+    from utils.models import four_bit_gradient_matches, keep_4bit_trainable
     if not has_avx512bf16():
         pytest.skip("this CPU has no AVX512-BF16: bitsandbytes never repacks here")
     layer = model_4bit.model.layers[2].self_attn.v_proj
@@ -131,7 +120,7 @@ def test_keep_4bit_trainable_undoes_a_cpu_repacking(model_4bit):
         layer(torch.randn(2, layer.in_features))
     assert layer.weight.quant_state.packing_format_for_cpu  # the trap is armed
     assert keep_4bit_trainable(layer) == 1
-    assert _grad_matches_dequantized(layer)
+    assert four_bit_gradient_matches(layer)
 
 
 def test_gradient_check_sees_a_working_layer_and_a_broken_one(model_4bit):
@@ -149,4 +138,16 @@ def test_gradient_check_sees_a_working_layer_and_a_broken_one(model_4bit):
         layer(torch.randn(2, layer.in_features))
     assert not four_bit_gradient_matches(layer)
     keep_4bit_trainable(layer)
+    assert four_bit_gradient_matches(layer)
+
+
+def test_gradient_check_fails_when_no_gradient_flows(model_4bit):
+    """A layer whose output is cut from the graph (what the CPU trap does) must fail the check, on any CPU."""
+    from utils.models import four_bit_gradient_matches
+    layer = model_4bit.model.layers[4].mlp.down_proj
+    handle = layer.register_forward_hook(lambda m, i, out: out.detach().requires_grad_(True))
+    try:
+        assert not four_bit_gradient_matches(layer)
+    finally:
+        handle.remove()
     assert four_bit_gradient_matches(layer)

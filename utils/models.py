@@ -6,6 +6,7 @@ transformers dequantize it once, and cache a normal checkpoint folder (outside g
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 from pathlib import Path
@@ -20,6 +21,22 @@ SMOLLM2_CACHE = CACHE_DIR / "smollm2-135m-instruct"
 
 class ModelAccessError(RuntimeError):
     """A model cannot be loaded here (gated, missing wheel, no GPU); the message says what to do."""
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' progress bars and warnings for a block (loading and saving checkpoints)."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def smollm2_gguf_path() -> Path:

@@ -29,8 +29,7 @@ def _call(cmd: list[str]) -> tuple[int, float]:
     processes it waited for (the notebook's kernel), as the kernel's accounting reports it (Linux)."""
     proc = subprocess.Popen(cmd, cwd=ROOT)
     _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, usage.ru_maxrss / 1024          # ru_maxrss is in KiB on Linux
+    return os.waitstatus_to_exitcode(status), usage.ru_maxrss / 1024     # ru_maxrss is in KiB on Linux
 
 
 def _execute(nb: Path) -> tuple[int, float]:

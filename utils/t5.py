@@ -17,7 +17,6 @@ config must be untied by hand (:func:`untie_lm_head`), or it has 24.7 M paramete
 """
 from __future__ import annotations
 
-import contextlib
 import shutil
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from .memory import dir_size_mb
+from .models import quiet_transformers
 from .prompts import IGNORE_INDEX, t5_prompt
 
 # google/flan-t5-base, as in its public config.json (T5 v1.1 architecture: gated-GELU, untied head).
@@ -176,22 +176,6 @@ def t5_tokenizer(profile):
 
 
 # ----------------------------------------------------------------------------- models
-
-@contextlib.contextmanager
-def quiet_transformers():
-    """Silence transformers' progress bars and warnings for a block (loading and saving checkpoints)."""
-    from transformers.utils import logging as hf_logging
-
-    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
-
 
 def tiny_t5_checkpoint(tokenizer, path, seed: int = 42, **overrides) -> Path:
     """Write a randomly initialised small T5 v1.1 sized for ``tokenizer`` to ``path`` (replacing it) and
