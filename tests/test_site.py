@@ -30,7 +30,7 @@ from urllib.parse import unquote, urldefrag, urlsplit
 import nbformat
 import pytest
 
-from utils import site as course_site
+from tools import site as course_site
 from utils.paths import IMG_DIR, ROOT
 
 VIEWPORT = (1280, 1000)          # the landing page screenshot's size in CSS pixels
@@ -160,7 +160,7 @@ def test_build_refuses_to_empty_a_folder_it_did_not_build(toy_course, tmp_path):
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "notes.txt").write_text("keep me")
-    with pytest.raises(ValueError, match="was not built by utils.site"):
+    with pytest.raises(ValueError, match="was not built by tools.site"):
         course_site.build(precious, root=toy_course)
     assert (precious / "notes.txt").read_text() == "keep me"
 

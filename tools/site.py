@@ -1,4 +1,4 @@
-"""The course as a static web site, built from the committed notebooks: ``python -m utils.site``
+"""The course as a static web site, built from the committed notebooks: ``python -m tools.site``
 (``make site``) writes ``_site/``; open ``_site/index.html`` in a browser, no server or network needed.
 
 * ``index.html``: the course outline. For every ``notebooks/NN_*.ipynb``: its title, "What you will
@@ -30,7 +30,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urldefrag, urlsplit
 
-from .paths import ROOT
+from utils.paths import ROOT
 
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
 COLAB_BADGE_URL = "https://colab.research.google.com/assets/colab-badge.svg"
@@ -339,7 +339,7 @@ def _labelled(label: str, rendered: str) -> str:
 
 
 def landing_page(chapters: list[Chapter], md: Markdown, root: Path) -> str:
-    from .profiles import PROFILES
+    from utils.profiles import PROFILES
 
     title, intro = _readme_intro(root)
     out = [f"<h1>{_e(title)}</h1>"]
@@ -567,7 +567,7 @@ def build(out: Path | str = ROOT / "_site", root: Path | str = ROOT) -> Site:
         raise FileNotFoundError(f"no notebooks matching notebooks/{NOTEBOOK_GLOB} under {root}")
     if out.exists():
         if any(out.iterdir()) and not (out / "assets" / "site.css").is_file():
-            raise ValueError(f"refusing to empty {out}: it is not empty and was not built by utils.site; "
+            raise ValueError(f"refusing to empty {out}: it is not empty and was not built by tools.site; "
                              "choose another --out.")
         shutil.rmtree(out)
     (out / "notebooks").mkdir(parents=True)
@@ -613,7 +613,7 @@ def build(out: Path | str = ROOT / "_site", root: Path | str = ROOT) -> Site:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m utils.site", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m tools.site", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(ROOT / "_site"), help="output folder (emptied first; default: _site)")
     args = ap.parse_args(argv)
     site = build(args.out)
