@@ -19,14 +19,16 @@ $(STAMP): requirements.txt
 
 install: $(STAMP)
 
-## Run every notebook in course order on the default profile, refreshing outputs, img/ and results/.
+## Run every notebook in course order on the default profile, refreshing outputs, img/, results/ and README's figures.
 course: install
-	$(PY) -m utils.runner execute $(NOTEBOOKS)
+	$(PY) -m tools.runner execute $(NOTEBOOKS)
+	$(PY) -m tools.readme
 
-## Unit tests, then every notebook re-executed by nbval in course order (04 reads what 02 and 03 wrote).
+## Unit tests, then every notebook re-executed by nbval in course order (04 reads what 02 and 03 wrote), in a
+## temporary copy of the course: the working tree is left as it is.
 test: install
 	$(PY) -m pytest -q tests
-	$(PY) -m utils.runner nbval $(NOTEBOOKS)
+	$(PY) -m tools.runner nbval $(NOTEBOOKS)
 
 test-fast: install
 	$(PY) -m pytest -q tests
@@ -36,7 +38,7 @@ lab: install
 
 ## The course as a static site in _site/ (open _site/index.html: no server, no network needed).
 site: install
-	$(PY) -m utils.site
+	$(PY) -m tools.site
 
 clean:
 	rm -rf .cache .pytest_cache _site
