@@ -23,6 +23,7 @@ install: $(STAMP)
 course: install
 	$(PY) -m tools.runner execute $(NOTEBOOKS)
 	$(PY) -m tools.readme
+	COURSE_SCREENSHOT_TO=img/site_landing.png $(PY) -m pytest -q -p no:cacheprovider tests/test_site.py -k screenshot
 
 ## Unit tests, then every notebook re-executed by nbval in course order (04 reads what 02 and 03 wrote), in a
 ## temporary copy of the course: the working tree is left as it is.
