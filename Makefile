@@ -7,7 +7,7 @@ export PYTHONPATH := $(CURDIR)
 export PYTHONWARNINGS ?= ignore::DeprecationWarning
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install course test test-fast test-notebooks lab site clean
+.PHONY: install course test test-fast test-notebooks lab site clean experiments-ablation experiments-lr
 
 $(STAMP): requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -31,8 +31,18 @@ test: install
 	$(PY) -m pytest -q tests
 	$(PY) -m tools.runner nbval $(NOTEBOOKS)
 
+## Chapter 2's learning-rate sweep (full fine-tuning and LoRA at 3 rates each) into results/lr_sweep.json.
+experiments-lr: install
+	nice -n 10 $(PY) -m experiments.lr_sweep
+
+## The unit tests only, without the simulated-hub runs of the real path (tests/test_real_path.py).
 test-fast: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not realpath" tests
+
+## Chapter 5's LoRA ablation on the real SmolLM2-135M (CPU: ~40 min on 2 busy cores); writes results/ablation.json,
+## which notebook 05 plots and `make test` checks by re-running its first steps (tests/test_ablation.py).
+experiments-ablation: install
+	nice -n 10 $(PY) -m experiments.ablation
 
 lab: install
 	$(VENV)/bin/jupyter lab notebooks

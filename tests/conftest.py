@@ -13,3 +13,7 @@ def data_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path))
     (tmp_path / "dialogsum").mkdir()
     return tmp_path
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "realpath: a notebook run end to end on the simulated hub (tests/test_real_path.py)")

@@ -5,8 +5,9 @@ import pandas as pd
 import pytest
 from scipy.stats import wilcoxon
 
-from utils.analysis import (align_models, bootstrap_ci, ci_width_by_n, compare_pairs, copy_fraction, holm,
-                            length_table, paired_bootstrap, paired_test, sign_flip_test, words)
+from utils.analysis import (DEGENERATE_SHARE, align_models, bootstrap_ci, ci_width_by_n, compare_pairs, copy_fraction,
+                            degenerate_reason, degenerate_table, dialogues_needed, holm, length_table,
+                            paired_bootstrap, paired_test, sign_flip_test, words)
 
 
 def _pair(n=30, shift=0.02, noise=0.01, seed=0):
@@ -148,3 +149,73 @@ def test_align_models():
         align_models(df[df["id"].ne("d1") | df["model"].eq("base")])
     with pytest.raises(ValueError, match="several predictions"):
         align_models(pd.concat([df, df.iloc[:1]]))
+
+
+# ----------------------------------------------------------------------------- how many dialogues, degenerate outputs
+
+def test_dialogues_needed_has_80_percent_power():
+    assert dialogues_needed(10, 1) == 785                         # ((1.96 + 0.8416) x 10 / 1)^2 = 784.9
+    assert dialogues_needed(10, 1, power=0.5) == 385              # the old (1.96 s / delta)^2 rule: 384.1
+    assert dialogues_needed(10, 2) == math.ceil(784.89 / 4)
+    # simulated: with n from the rule, a paired t-style z test at 5 % detects delta about 80 % of the time
+    rng = np.random.default_rng(0)
+    n = dialogues_needed(10, 2)
+    d = rng.normal(2, 10, size=(4000, n))
+    z = d.mean(1) / (d.std(1, ddof=1) / np.sqrt(n))
+    assert 0.77 < (np.abs(z) > 1.96).mean() < 0.83
+    for bad in (dict(sd=0, delta=1), dict(sd=1, delta=-1), dict(sd=1, delta=1, power=1.0), dict(sd=1, delta=1, alpha=0)):
+        with pytest.raises(ValueError, match="positive numbers|strictly between"):
+            dialogues_needed(**bad)
+
+
+DIALOGUE = "#Person1#: Could you sign this form for the school trip? #Person2#: Sure, how much does it cost? #Person1#: 15 pounds."
+
+
+@pytest.mark.parametrize("prediction, reason", [
+    ("", "empty"), ("   ", "empty"),
+    ("#Person1#Person1#Person1#Person1#Person1#", "speaker tags only"),
+    ("#Person#Person#Person#Person#Person#Pe", "speaker tags only"),
+    ("the trip the trip the trip the trip the trip", "repetition"),
+    ("QualplasticityBI encouraging$, Confucianorestation UVB stric", "unrelated to the dialogue"),
+    ("#Person1# asks #Person2# to sign a form for the school trip, which costs 15 pounds.", None),
+    ("#Person2# signs.", None),
+])
+def test_degenerate_reason(prediction, reason):
+    assert degenerate_reason(prediction, DIALOGUE) == reason
+
+
+def test_no_real_summary_is_flagged_degenerate():
+    """Every reference summary of the bundled DialogSum sample (written like real ones) passes."""
+    from utils.data import load_dialogsum
+    data, _ = load_dialogsum(online=False, verbose=False)
+    flagged = [(r, degenerate_reason(r, d)) for df in data.values() for refs, d in zip(df["references"], df["dialogue"])
+               for r in refs if degenerate_reason(r, d)]
+    assert flagged == []
+
+
+def test_degenerate_table_marks_whole_models():
+    frames = {"loops": pd.DataFrame({"prediction": ["#Person1#Person1#Person1#"] * 3 + ["#Person2# signs the form."],
+                                     "dialogue": [DIALOGUE] * 4}),
+              "fine": pd.DataFrame({"prediction": ["#Person2# signs the form for the trip."] * 4, "dialogue": [DIALOGUE] * 4})}
+    t = degenerate_table(frames)
+    assert t.loc["loops", "degenerate"] == 3 and t.loc["loops", "share"] == 0.75 >= DEGENERATE_SHARE
+    assert bool(t.loc["loops", "degenerate model"]) and not bool(t.loc["fine", "degenerate model"])
+    assert t.loc["loops", "reasons"] == "speaker tags only 3"
+    with pytest.raises(ValueError, match="not a string"):
+        degenerate_reason(None)
+
+
+def test_predictions_folder_and_whose_predictions(tmp_path):
+    """Issue 12, defect 2: on Colab, notebook 04 silently analysed the course's committed predictions."""
+    from utils.analysis import predictions_folder, provenance_note
+    from utils.paths import RESULTS_DIR
+    assert predictions_folder({}) == (RESULTS_DIR, False)
+    assert predictions_folder({"COURSE_PREDICTIONS_DIR": str(tmp_path)}) == (tmp_path, True)
+    with pytest.raises(FileNotFoundError, match="COURSE_PREDICTIONS_DIR='/nowhere'"):
+        predictions_folder({"COURSE_PREDICTIONS_DIR": "/nowhere"})
+    written = {"02_x": {"profile": "smoke"}, "03_y": {"profile": "smoke"}}
+    assert provenance_note(written, "smoke", chosen=False, on_colab=False) is None          # CI: the run it just made
+    note = provenance_note(written, "colab", chosen=False, on_colab=True)
+    assert "NOT YOURS" in note and "'smoke'" in note and "COURSE_PREDICTIONS_DIR" in note
+    assert "NOT YOURS" in provenance_note(written, "smoke", chosen=False, on_colab=True)  # Colab CPU: fresh clone
+    assert provenance_note(written, "colab", chosen=True, on_colab=True) is None          # the student's folder

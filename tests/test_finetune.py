@@ -158,9 +158,14 @@ def test_interrupted_run_resumes_to_the_uninterrupted_adapter(runs, one_process)
                  "--set=evaluate=false", "--set=lr=0.001"]) == 2
     assert time.perf_counter() - t0 < 10
 
+    # a checkpoint-2 half-written when the process died (no trainer_state.json: the Trainer writes it last)
+    import shutil
+
+    shutil.copytree(out / "checkpoint-1", out / "checkpoint-2", ignore=shutil.ignore_patterns("trainer_state.json"))
     second = finetune(out)
     _ok(second)
     report, reference = _report(out), _report(one_process[0])
+    assert "checkpoint-2: no trainer_state.json" in second.stdout   # skipped, said, and deleted before training
     assert report["resumed_from"] == "checkpoint-1"
     assert report["ids_seen"] == reference["ids_seen"][GLOBAL:]       # only the second global batch was trained
     assert [s for s, _ in report["losses"]] == [1, 2]                 # the log history came back with the checkpoint
@@ -179,8 +184,9 @@ def no_model(monkeypatch):
         raise AssertionError("a model was loaded although the config is wrong")
 
     monkeypatch.setattr(ft, "load_model", forbidden)
-    monkeypatch.delenv("COURSE_DATA_DIR", raising=False)      # restored after the test (main may set it)
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    for name in ("COURSE_DATA_DIR", "COURSE_LLM", "WORLD_SIZE"):   # unset now, and after the test even if main
+        monkeypatch.setenv(name, "")                               # sets it (delenv alone restores nothing when
+        monkeypatch.delenv(name)                                   # the variable was not set before)
 
 
 def _fails(argv, capsys, *fragments, within: float = 10.0):

@@ -39,3 +39,12 @@ def test_peak_memory_sees_an_allocation_and_its_release():
         del block
     assert mem.delta_mb > 200 and mem.peak_mb >= mem.start_mb + mem.delta_mb - 1e-6
     assert clock.seconds > 0
+
+
+def test_size_of_a_missing_checkpoint_is_an_error_not_zero(tmp_path):
+    from utils.memory import dir_size_mb
+
+    (tmp_path / "a.bin").write_bytes(b"x" * 2**20)
+    assert dir_size_mb(tmp_path) == pytest.approx(1.0)
+    with pytest.raises(FileNotFoundError, match="nothing there to measure; save the checkpoint first"):
+        dir_size_mb(tmp_path / "adapter")

@@ -69,3 +69,15 @@ def test_online_profile_without_gpu_stops_with_what_to_do(monkeypatch):
     monkeypatch.setattr(models.torch.cuda, "is_available", lambda: True)
     monkeypatch.delenv("COURSE_ALLOW_CPU")
     models.check_gpu_for(PROFILES["colab"])
+
+
+def test_gated_message_says_how_to_switch_model_in_a_notebook(monkeypatch):
+    """On Colab there is no shell to `export` from: the message gives the cell to add and where to re-run from."""
+    import huggingface_hub
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", _gated)
+    with pytest.raises(ModelAccessError) as err:
+        models.check_llm_access(LLAMA, FALLBACK, None)
+    msg = str(err.value)
+    assert f'os.environ["COURSE_LLM"] = "{FALLBACK}"' in msg
+    assert 're-run from the cell that picks the model (notebook 03: section 1, "Profile, device, model and data"' in msg
+    assert f"export COURSE_LLM={FALLBACK}" in msg

@@ -125,7 +125,7 @@ def test_qlora_weights_and_adapter_state():
     config = course_config("meta-llama/Llama-2-7b-hf")
     n, q = parameter_count(config), quantized_parameter_count(config)
     est = estimate_memory(config, Plan(method="qlora", r=16))
-    assert est["weights"] == pytest.approx(q * NF4_DQ_BITS / 8 + (n - q) * 2)
+    assert est["weights"] == pytest.approx(q * NF4_DQ_BITS / 8 + (n - q) * 4)    # the rest cast to fp32
     trainable = lora_parameter_count(config, 16, ("q_proj", "k_proj", "v_proj", "o_proj"))
     assert est["trainable copy"] + est["gradients"] + est["optimizer states"] == 16 * trainable
     assert estimate_memory(config, Plan(method="qlora", optimizer="adamw_8bit"))["optimizer states"] == 2 * trainable
@@ -175,3 +175,34 @@ def test_bad_input_is_a_clear_error():
     with pytest.raises(ValueError, match="planner knows"):
         parameter_count(object())
     assert resolve_targets(config, "all-linear") == tuple(linear_shapes(config))
+
+
+def test_qlora_activations_are_fp32_after_prepare_model_for_kbit_training(tmp_path):
+    """Issue 12, defect 6: on a T4 the compute dtype is fp16, but prepare_model_for_kbit_training casts the
+    embeddings and norms to fp32 and bitsandbytes' Linear4bit returns its input's dtype, so every activation the
+    blocks keep is fp32. A 16-bit compute dtype (bf16 here, standing in for fp16) must not halve the estimate."""
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=512, hidden_size=256, intermediate_size=704, num_hidden_layers=2,
+                         num_attention_heads=8, num_key_value_heads=4, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=quant, dtype=torch.bfloat16,
+                                                 device_map={"": "cpu"})
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    assert model.model.embed_tokens.weight.dtype == torch.float32
+    model = get_peft_model(model, LoraConfig(r=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                                             lora_dropout=0.05))
+    model.train()
+    ids = torch.randint(0, config.vocab_size, (2, 64))
+    with SavedTensors(exclude=model.parameters()) as saved:
+        model(input_ids=ids, labels=ids)
+    est = estimate_memory(config, Plan(method="qlora", batch_size=2, seq_len=64, r=8, activation_bytes=2))
+    log_softmax = 2 * 64 * config.vocab_size * 4
+    assert est["activations"] + log_softmax == pytest.approx(saved.bytes, rel=0.12)   # 2-byte count: 0.57 x
+    with SavedTensors(exclude=model.parameters()) as saved_autocast, torch.autocast("cpu", dtype=torch.bfloat16):
+        model(input_ids=ids, labels=ids)
+    assert 0.7 < saved_autocast.bytes / (est["activations"] + log_softmax) <= 1.0       # 4 bytes: an upper bound

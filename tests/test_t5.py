@@ -8,9 +8,10 @@ import torch
 from peft import PeftModel, get_peft_model
 
 from utils.memory import count_parameters
+from utils.generate import generate_summaries
 from utils.prompts import IGNORE_INDEX, INSTRUCTION
 from utils.t5 import (FLAN_T5_BASE, FLAN_T5_BASE_PARAMETERS, Seq2SeqCollator, check_t5_tokenizer,
-                      checkpoint_size_mb, drop_mixed_precision_wrapper, encode_source, encode_target, generate_summaries, load_t5,
+                      checkpoint_size_mb, drop_mixed_precision_wrapper, encode_source, encode_target, load_t5,
                       lora_parameter_count, meta_t5, t5_config, t5_lora_config, t5_tokenizer, t5_training_dtype,
                       tiny_t5_checkpoint, tokenize_pairs, weights_mb)
 
@@ -170,13 +171,14 @@ def test_label_padding_does_not_change_the_loss(tok, tiny_dir):
 def test_batched_generation_equals_one_by_one(tok, tiny_dir):
     model = load_t5(tiny_dir, device="cpu")
     dialogues = [DIALOGUE, DIALOGUE + "\n#Person1#: Great, thank you very much for your help today!", "#Person1#: Hi."]
-    batched = generate_summaries(model, tok, dialogues, max_new_tokens=8, max_source_length=128, batch_size=3)
-    single = [generate_summaries(model, tok, [d], max_new_tokens=8, max_source_length=128)[0] for d in dialogues]
+    batched = generate_summaries(model, tok, dialogues, max_new_tokens=8, batch_size=3, max_prompt_tokens=128)
+    single = [generate_summaries(model, tok, [d], max_new_tokens=8, batch_size=1, max_prompt_tokens=128)[0]
+              for d in dialogues]
     assert batched == single and len(batched) == 3 and all(isinstance(s, str) for s in batched)
     with pytest.raises(ValueError, match="empty"):
-        generate_summaries(model, tok, [], 8, 128)
+        generate_summaries(model, tok, [], 8)
     with pytest.raises(ValueError, match="at least 1"):
-        generate_summaries(model, tok, dialogues, 0, 128)
+        generate_summaries(model, tok, dialogues, 0)
 
 
 def _train(model, examples, pad_id, lr, steps=25):

@@ -6,6 +6,7 @@ every generator and starts the clock; ``run.banner(...)`` states profile, device
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import random
 import time
@@ -20,7 +21,7 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 from . import memory  # noqa: E402,F401
 from .paths import CACHE_DIR, DATA_DIR, IMG_DIR, RESULTS_DIR, ROOT, SEED  # noqa: F401
-from .profiles import Profile, describe_device, device, get_profile, resolve_profile_name  # noqa: F401
+from .profiles import Profile, cpu_model, describe_device, device, get_profile, resolve_profile_name  # noqa: F401
 
 
 def seed_everything(seed: int = SEED) -> None:
@@ -36,15 +37,27 @@ class Run:
         self.stem, self.profile, self.device = stem, profile, device()
         self.t0 = time.perf_counter()
         self.info: dict = {}
+        from .results import new_run_id
+
+        self.run_id = new_run_id(stem)      # stamped on this run's results and predictions (utils.results.save_run)
 
     def banner(self, model: str, data: str, **extra) -> None:
-        self.info.update(model=model, data_source=data, **extra)
-        print(f"profile : {self.profile.name} - {self.profile.description}")
-        print(f"device  : {describe_device()}")
-        print(f"model   : {model}")
-        print(f"data    : {data}")
+        """The notebook's first output: profile, device, model, data, size overrides, mixed precision."""
+        from .models import mixed_precision
+
+        precision = mixed_precision()
+        overrides = ", ".join(self.profile.overrides) or "none"
+        self.info.update(model=model, data_source=data, overrides=list(self.profile.overrides),
+                         mixed_precision=precision, **extra)
+        print(f"profile  : {self.profile.name} - {self.profile.description}")
+        print(f"device   : {describe_device()}")
+        print(f"model    : {model}")
+        print(f"data     : {data}")
+        print(f"overrides: {overrides}" + ("" if self.profile.overrides else " (COURSE_OVERRIDE changes sizes)"))
+        print(f"precision: mixed precision {precision} "
+              f"(COURSE_MIXED_PRECISION={os.environ.get('COURSE_MIXED_PRECISION', '') or 'auto'})")
         for k, v in extra.items():
-            print(f"{k:<8}: {v}")
+            print(f"{k:<9}: {v}")
 
     def provenance(self, n: int | None = None, model: str | None = None) -> str:
         """The footnote every figure carries."""
@@ -60,13 +73,27 @@ class Run:
     def save(self, **results):
         from .results import save_results
 
-        payload = {"notebook": self.stem, "profile": self.profile.name, "device": describe_device(),
+        payload = {"notebook": self.stem, "run_id": self.run_id, "profile": self.profile.name,
+                   "device": describe_device(),
+                   "cpu": cpu_model(),
                    "versions": {"python": platform.python_version(), "torch": torch.__version__,
                                 **_versions("transformers", "peft", "bitsandbytes")},
-                   **self.info, **results, "notebook_seconds": round(self.elapsed(), 1)}
+                   **self.info, **results, "notebook_seconds": round(self.elapsed(), 1),
+                   "notebook_peak_rss_mb": round(_peak_rss_mb())}
         path = save_results(self.stem, payload)
         print(f"results written to results/{path.name}")
+        print(f"this notebook so far: {payload['notebook_seconds']:.0f} s, peak resident memory "
+              f"{payload['notebook_peak_rss_mb']:,} MB ({payload['cpu']})")
         return payload
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process (the notebook's kernel) so far, in MB (2^20 bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024    # bytes on macOS, KiB on Linux
 
 
 def _versions(*names):
@@ -82,8 +109,13 @@ def _versions(*names):
 
 
 def start(stem: str, profile: str | None = None) -> Run:
-    seed_everything()
+    """Resolve the profile (COURSE_PROFILE, COURSE_OVERRIDE), stop a GPU profile on a machine without a GPU
+    (unless COURSE_ALLOW_CPU=1), seed every generator and start the clock."""
+    from .models import check_gpu_for
     from .plotting import setup_style
 
+    chosen = get_profile(profile)
+    check_gpu_for(chosen)
+    seed_everything()
     setup_style()
-    return Run(stem, get_profile(profile))
+    return Run(stem, chosen)

@@ -32,7 +32,26 @@ N_PERM = 10000     # sign flips for the permutation test: p-values stable to ~0.
 # ----------------------------------------------------------------------------- checks
 
 def _as_scores(x, name: str) -> np.ndarray:
-    arr = np.asarray(x, dtype=float)
+    if isinstance(x, (str, bytes, dict)) or np.isscalar(x):
+        raise ValueError(f"{name}: expected one score per dialogue (a list, array or Series of numbers), "
+                         f"got a single {type(x).__name__} {repr(x)[:40]}.")
+    if isinstance(x, pd.Series):
+        x = x.to_numpy(dtype=object) if x.dtype.kind not in "iuf" else x.to_numpy()
+    if isinstance(x, np.ndarray) and x.dtype.kind in "iuf":
+        values = None                                 # already numeric: checked for NaN/inf below
+    elif isinstance(x, np.ndarray) and x.dtype.kind != "O":
+        raise ValueError(f"{name}: scores of dtype {x.dtype} ({x[:3].tolist()}...), not numbers: pass the "
+                         f"per-dialogue scores (e.g. a column of rouge_per_example).")
+    else:
+        values = list(x)
+    for i, v in enumerate(values or []):
+        if v is pd.NA or v is None:
+            continue                                  # a missing score: reported below with the NaNs
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise ValueError(f"{name}: score {i} is {type(v).__name__} {repr(v)[:40]}, not a number: pass the "
+                             f"per-dialogue scores (e.g. a column of rouge_per_example), not the texts or flags.")
+    arr = np.asarray([np.nan if v is pd.NA or v is None else v for v in values] if values is not None else x,
+                     dtype=float)
     if arr.ndim != 1:
         raise ValueError(f"{name}: expected one score per dialogue (a 1-D sequence), got shape {arr.shape}.")
     if len(arr) < 2:
@@ -273,3 +292,117 @@ def align_models(predictions: pd.DataFrame) -> dict[str, pd.DataFrame]:
     if not out:
         raise ValueError("the predictions frame is empty.")
     return out
+
+
+# ----------------------------------------------------------------------------- how many dialogues
+
+def dialogues_needed(sd: float, delta: float, alpha: float = 0.05, power: float = 0.8) -> int:
+    """Dialogues needed for a paired comparison to detect a true mean difference ``delta`` with probability
+    ``power`` at two-sided level ``alpha``, when per-dialogue differences have standard deviation ``sd``:
+    n = ((z_{1-alpha/2} + z_{power}) sd / delta)^2 (normal approximation). With power = 0.5 this is the
+    "half-width below delta" rule (1.96 sd / delta)^2, which misses a real difference of size delta half the time."""
+    from scipy.stats import norm
+
+    for name, v in (("sd", sd), ("delta", delta)):
+        if not (isinstance(v, (int, float, np.floating, np.integer)) and math.isfinite(v) and v > 0):
+            raise ValueError(f"{name}={v!r}: a standard deviation and a difference to detect are positive numbers "
+                             f"(in the same unit, e.g. ROUGE points).")
+    for name, v in (("alpha", alpha), ("power", power)):
+        if not 0 < v < 1:
+            raise ValueError(f"{name}={v!r}: a probability strictly between 0 and 1 (e.g. alpha=0.05, power=0.8).")
+    z = norm.ppf(1 - alpha / 2) + norm.ppf(power)
+    return int(math.ceil((z * sd / delta) ** 2 - 1e-9))
+
+
+# ----------------------------------------------------------------------------- degenerate outputs
+
+SPEAKER_TAG = re.compile(r"#(?:Person\d*#?)+|#", re.IGNORECASE)   # DialogSum's #Person1#, runs of them, stray #
+DEGENERATE_SHARE = 0.5     # a model whose predictions are degenerate this often is shown apart, never ranked
+
+
+def degenerate_reason(prediction: str, dialogue: str | None = None) -> str | None:
+    """Why a prediction is not a summary at all, or None. Checks, in order:
+
+    * "empty": nothing but white space;
+    * "speaker tags only": nothing (or a cut-off fragment) left once #Person1#-style tags and punctuation are
+      removed ("#Person1#Person1#Person1#...");
+    * "repetition": at least 8 words and fewer than half of its word pairs distinct (a loop);
+    * "unrelated to the dialogue": at least 3 words and under 25 % of them found in the dialogue (noise such
+      as "QualplasticityBI encouraging$"). A real summary reuses the dialogue's names, objects and verbs."""
+    if not isinstance(prediction, str):
+        raise ValueError(f"prediction is {type(prediction).__name__} ({prediction!r}), not a string.")
+    if not prediction.strip():
+        return "empty"
+    w = words(SPEAKER_TAG.sub(" ", prediction))
+    tag_chars = sum(map(len, SPEAKER_TAG.findall(prediction)))
+    if not w or (len(w) < 3 and tag_chars >= 3 * len("".join(w))):          # "#Person#Person#...#Pe"
+        return "speaker tags only"
+    if len(w) >= 8 and len(set(zip(w, w[1:]))) < 0.5 * (len(w) - 1):
+        return "repetition"
+    if dialogue is not None and len(w) >= 3:
+        known = set(words(SPEAKER_TAG.sub(" ", dialogue)))
+        if sum(t in known for t in w) < 0.25 * len(w):
+            return "unrelated to the dialogue"
+    return None
+
+
+def degenerate_table(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Per model: how many predictions are degenerate and why, the share, and whether the model as a whole is
+    degenerate (share >= DEGENERATE_SHARE), with one example. ``frames`` maps a model to its predictions frame
+    (prediction, dialogue)."""
+    rows = {}
+    for name, f in frames.items():
+        reasons = [degenerate_reason(p, d) for p, d in zip(f["prediction"], f["dialogue"])]
+        flagged = [(r, p) for r, p in zip(reasons, f["prediction"]) if r]
+        share = len(flagged) / max(len(reasons), 1)
+        rows[name] = {"degenerate": len(flagged), "of": len(reasons), "share": share,
+                      "degenerate model": share >= DEGENERATE_SHARE,
+                      "reasons": ", ".join(f"{k} {v}" for k, v in pd.Series([r for r, _ in flagged]).value_counts().items()),
+                      "example": (flagged[0][1][:60] if flagged else "")}
+    return pd.DataFrame(rows).T
+
+
+# ----------------------------------------------------------------------------- whose predictions are these?
+
+PREDICTIONS_DIR_ENV = "COURSE_PREDICTIONS_DIR"
+
+
+def predictions_folder(env=None):
+    """Where notebook 04 reads predictions: ``$COURSE_PREDICTIONS_DIR`` when set (e.g. a Google Drive folder
+    holding your own runs' ``results/*.json`` and ``*.predictions.jsonl``), else the course's ``results/``.
+    Returns (folder, chosen by the student?)."""
+    import os
+    from pathlib import Path
+
+    from .paths import RESULTS_DIR, ROOT
+
+    env = os.environ if env is None else env
+    value = env.get(PREDICTIONS_DIR_ENV, "").strip()
+    if not value:
+        return RESULTS_DIR, False
+    folder = Path(value).expanduser()
+    folder = folder if folder.is_absolute() else ROOT / folder
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{PREDICTIONS_DIR_ENV}={value!r}: no such folder ({folder}). Point it at the folder "
+                                f"where you copied results/<notebook>.json and results/<notebook>.predictions.jsonl of "
+                                f"notebooks 02 and 03 (on Colab: mount Drive, e.g. /content/drive/MyDrive/course-results), "
+                                f"or unset it to read the course's results/.")
+    return folder, True
+
+
+def provenance_note(written: dict[str, dict], profile_name: str, chosen: bool, on_colab: bool) -> str | None:
+    """A warning when the predictions analysed are not the student's own: read from the course's ``results/``
+    while they were written on another profile than the current one (a fresh Colab clone holds the course's
+    committed offline run), or on Colab without COURSE_PREDICTIONS_DIR (each Colab notebook gets its own fresh
+    machine and clone, so notebooks 02 and 03 never wrote here). None when nothing needs saying."""
+    if chosen:
+        return None
+    other = {stem: w.get("profile", "?") for stem, w in written.items() if w.get("profile") != profile_name}
+    if not other and not on_colab:
+        return None
+    what = ", ".join(f"{stem[:2]}: profile {p!r}" for stem, p in (other or {s: w.get('profile', '?') for s, w in written.items()}).items())
+    return (f"THESE ARE THE COURSE'S PREDICTIONS, NOT YOURS ({what}; this notebook runs on {profile_name!r}). "
+            f"results/ holds the run committed with the course{' (on Colab, every notebook gets a fresh copy of it)' if on_colab else ''}. "
+            f"To analyse your own: run notebooks 02 and 03 to the end, copy their results/<notebook>.json and "
+            f"results/<notebook>.predictions.jsonl to one folder (on Colab, on your Drive), set "
+            f"{PREDICTIONS_DIR_ENV} to that folder, and re-run this notebook.")

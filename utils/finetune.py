@@ -25,7 +25,9 @@ import argparse
 import difflib
 import hashlib
 import json
+import math
 import os
+import re
 import shutil
 import sys
 import tomllib
@@ -39,6 +41,7 @@ import torch
 from .data import DataError, load_dialogsum, take
 from .models import ModelAccessError
 from .paths import CACHE_DIR, show
+from .results import atomic_write_text, replace_folder
 from .profiles import PROFILES, Profile, QLoRASizes, get_profile
 
 INTERRUPTED_EXIT_CODE = 75          # what a run stopped by ``stop_after_steps`` exits with (EX_TEMPFAIL)
@@ -100,7 +103,8 @@ _POSITIVE = ("train", "eval", "epochs", "max_steps", "batch_size", "grad_accum",
              "eval_batch_size", "stop_after_steps")
 # what must not change between an interrupted run and its resumption
 _SAME_RUN_KEYS = ("model", "train", "epochs", "max_steps", "global_batch", "max_length", "lr", "lora_r",
-                  "lora_alpha", "lora_dropout", "lora_targets", "seed", "quantized")
+                  "lora_alpha", "lora_dropout", "lora_targets", "seed", "quantized", "train_data_sha256")
+MAX_SEED = 2**32 - 1                                   # numpy's seeds (the Trainer seeds numpy too)
 
 
 # ----------------------------------------------------------------------------- config: read and check
@@ -179,8 +183,10 @@ def check_config(values: dict, where: str = "config") -> FinetuneConfig:
         raise ConfigError(f"{where}: profile {cfg.profile!r} is not a profile; choose one of {', '.join(PROFILES)}.")
     if cfg.quantize not in QUANTIZE_CHOICES:
         raise ConfigError(f"{where}: quantize {cfg.quantize!r} is not one of {', '.join(QUANTIZE_CHOICES)}.")
-    if cfg.lr is not None and not cfg.lr > 0:
-        raise ConfigError(f"{where}: lr must be positive, got {cfg.lr}.")
+    if cfg.lr is not None and not (cfg.lr > 0 and math.isfinite(cfg.lr)):
+        raise ConfigError(f"{where}: lr must be a positive, finite number (LoRA: 1e-4 to 3e-4), got {cfg.lr}.")
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise ConfigError(f"{where}: seed must be between 0 and {MAX_SEED:,} (e.g. 42), got {cfg.seed}.")
     if not 0 <= cfg.lora_dropout < 1:
         raise ConfigError(f"{where}: lora_dropout must be in [0, 1), got {cfg.lora_dropout}.")
     if not cfg.lora_targets or not all(t.strip() for t in cfg.lora_targets):
@@ -224,14 +230,17 @@ class Plan:
     output_dir: Path
     checkpoint: Path | None
     quantized: bool
+    incomplete: list = field(default_factory=list)        # (checkpoint folder, what is wrong): never resumed
+
 
     @property
     def adapter_dir(self) -> Path:
         return self.output_dir / "adapter"
 
-    def run_identity(self, model: str) -> dict:
+    def run_identity(self, model: str, train_data_sha256: str | None = None, data_source: str | None = None) -> dict:
         c, s = self.cfg, self.sizes
-        return {"model": model, "train": s.train, "epochs": s.epochs, "max_steps": c.max_steps,
+        return {"model": model, "train_data_sha256": train_data_sha256, "data_source": data_source,
+                "train": s.train, "epochs": s.epochs, "max_steps": c.max_steps,
                 "global_batch": self.global_batch, "max_length": s.max_length, "lr": s.lr, "lora_r": c.lora_r,
                 "lora_alpha": c.lora_alpha, "lora_dropout": c.lora_dropout, "lora_targets": list(c.lora_targets),
                 "seed": c.seed, "quantized": self.quantized}
@@ -249,6 +258,8 @@ class Plan:
                  + f", lr {s.lr}, max_length {s.max_length}",
                  f"output       : {show(self.output_dir)}"
                  + (f" (resuming from {self.checkpoint.name})" if self.checkpoint else "")]
+        lines += [f"skipped      : {folder.name}: {why}; it is not resumed (a real run deletes it)"
+                  for folder, why in self.incomplete]
         return "\n".join(lines)
 
 
@@ -260,13 +271,58 @@ def _fsdp_enabled() -> bool:
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
 
 
-def _last_checkpoint(folder: Path) -> Path | None:
-    if not folder.is_dir():
-        return None
-    from transformers.trainer_utils import get_last_checkpoint
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 
-    last = get_last_checkpoint(str(folder))
-    return Path(last) if last else None
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why a Trainer checkpoint folder cannot be resumed from, or None. The Trainer writes trainer_state.json
+    last: without it (or with it cut short) the checkpoint was interrupted while being written."""
+    state = folder / "trainer_state.json"
+    if not state.is_file():
+        return "no trainer_state.json (written last: the checkpoint was interrupted half-way)"
+    try:
+        json.loads(state.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        return f"trainer_state.json is damaged ({type(e).__name__})"
+    weights = [folder / n for n in ("adapter_model.safetensors", "model.safetensors") if (folder / n).is_file()]
+    if not weights:
+        return "no adapter_model.safetensors"
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(weights[0]), "pt") as f:
+            f.keys()
+    except Exception as e:  # noqa: BLE001 - any unreadable weights file means: do not resume from it
+        return f"{weights[0].name} is unreadable ({type(e).__name__})"
+    return None
+
+
+def _checkpoints(folder: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The last complete checkpoint in ``folder`` (or None) and the incomplete ones, with what is wrong."""
+    if not folder.is_dir():
+        return None, []
+    found = sorted((int(m.group(1)), p) for p in folder.iterdir()
+                   if p.is_dir() and (m := _CHECKPOINT.fullmatch(p.name)))
+    complete, incomplete = [], []
+    for _, p in found:
+        problem = checkpoint_problem(p)
+        (incomplete.append((p, problem)) if problem else complete.append(p))
+    return (complete[-1] if complete else None), incomplete
+
+
+def _check_output_dir(out: Path) -> None:
+    """output_dir must be (or become) a writable folder: checked before anything is loaded."""
+    where = f"output_dir {show(out)}"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{where} is a file, not a folder. Choose another output_dir (or remove the file).")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{where}: {show(parent)} is a file, so the folder cannot be created there. "
+                          f"Choose another output_dir.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{where}: {show(parent)} is not writable by this user. Choose another output_dir.")
 
 
 def make_plan(cfg: FinetuneConfig, world_size: int | None = None) -> Plan:
@@ -296,23 +352,39 @@ def make_plan(cfg: FinetuneConfig, world_size: int | None = None) -> Plan:
     if quantized and not cuda and world > 1:
         raise ConfigError("quantize='4bit' on a CPU runs in one process only (bitsandbytes' CPU path is slow "
                           "and data-parallel 4-bit training on CPUs is not supported here); use quantize='auto'.")
-    out = Path(cfg.output_dir) if cfg.output_dir else CACHE_DIR / "finetune" / profile.name
-    checkpoint = _last_checkpoint(out) if cfg.resume and not cfg.eval_only else None
+    out = Path(cfg.output_dir).expanduser() if cfg.output_dir else CACHE_DIR / "finetune" / profile.name
+    _check_output_dir(out)
+    checkpoint, incomplete = _checkpoints(out) if cfg.resume and not cfg.eval_only else (None, [])
     if cfg.stop_after_steps is not None and cfg.eval_only:
         raise ConfigError("stop_after_steps and eval_only exclude each other.")
     if cfg.eval_only and not (out / "adapter" / "adapter_config.json").is_file():
-        raise ConfigError(f"eval_only: no adapter in {show(out / 'adapter')}; train first (same output_dir).")
-    return Plan(cfg, profile, sizes, world, sizes.batch_size * sizes.grad_accum * world, out, checkpoint, quantized)
+        raise ConfigError(f"eval_only=true scores the adapter a finished run saved in {show(out / 'adapter')}, but "
+                          f"there is none (no adapter_config.json). Train first with the same output_dir (without "
+                          f"eval_only), or set output_dir to the folder of the run that trained it.")
+    return Plan(cfg, profile, sizes, world, sizes.batch_size * sizes.grad_accum * world, out, checkpoint, quantized,
+                incomplete)
 
 
-def check_same_run(plan: Plan, model: str) -> None:
-    """Resuming continues the *same* run: refuse when what defines it changed since the checkpoint."""
+def check_same_run(plan: Plan, model: str, train_data_sha256: str | None = None,
+                   data_source: str | None = None) -> None:
+    """Resuming continues the *same* run: refuse when what defines it changed since the checkpoint, the
+    training data included (``COURSE_DATA_DIR`` or ``data_dir`` pointing elsewhere)."""
     saved = plan.output_dir / "finetune_config.json"
     if plan.checkpoint is None or not saved.is_file():
         return
-    before = json.loads(saved.read_text()).get("run", {})
-    now = plan.run_identity(model)
+    try:
+        before = json.loads(saved.read_text(encoding="utf-8")).get("run", {})
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"{show(saved)} is damaged ({type(e).__name__}), so resuming cannot check it is the same "
+                          f"run. Set resume=false to start over there, or use another output_dir.") from None
+    now = plan.run_identity(model, train_data_sha256, data_source)
     changed = {k: (before.get(k), now[k]) for k in _SAME_RUN_KEYS if k in before and before[k] != now[k]}
+    if "train_data_sha256" in changed:
+        raise ConfigError(f"{show(plan.output_dir)} holds checkpoints trained on other data ({before.get('data_source')}; "
+                          f"now: {data_source}): the DialogSum training files changed (COURSE_DATA_DIR or data_dir "
+                          f"points elsewhere, or the files were edited), and resuming would continue the old run on "
+                          f"new data. Point COURSE_DATA_DIR/data_dir back to the old files, or set resume=false to "
+                          f"start over there, or use another output_dir.")
     if changed:
         diff = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
         raise ConfigError(f"{show(plan.output_dir)} holds checkpoints of a different run ({diff}). Use another "
@@ -472,8 +544,7 @@ def evaluate(model, tok, eval_df, plan: Plan, state) -> dict:
 def _write_json(path: Path, payload: dict, rounded: bool = True) -> None:
     from .results import _clean
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_clean(payload) if rounded else payload, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(path, json.dumps(_clean(payload) if rounded else payload, indent=2, ensure_ascii=False) + "\n")
 
 
 # ----------------------------------------------------------------------------- the run
@@ -487,6 +558,8 @@ class Prepared:
     data_source: str
     examples: list[dict]
     eval_df: object
+    train_data_sha256: str = ""
+    data_where: str = ""
 
 
 def prepare(plan: Plan, verbose: bool = True) -> Prepared:
@@ -501,12 +574,19 @@ def prepare(plan: Plan, verbose: bool = True) -> Prepared:
     cfg, sizes = plan.cfg, plan.sizes
     check_gpu_for(plan.profile)                            # colab/full on a CPU: hours; stop now unless asked
     if cfg.data_dir:
-        os.environ["COURSE_DATA_DIR"] = cfg.data_dir
+        folder = Path(cfg.data_dir).expanduser()
+        if not folder.is_dir():
+            raise ConfigError(f"data_dir={cfg.data_dir!r} is not a folder (read from {Path.cwd()}). Point it at the "
+                              f"folder holding dialogsum/ (see data/README.md), or leave the key out.")
+        os.environ["COURSE_DATA_DIR"] = str(folder.resolve())
+    model_path = cfg.model or llm_name_or_path(plan.profile)
+    check_model_source(model_path, "model" if cfg.model else "COURSE_LLM", plan.profile.online)
     splits, source = load_dialogsum(online=plan.profile.online, splits=("train", "test"), verbose=verbose)
     train_df = take(splits["train"], sizes.train, "train", verbose=verbose)
     eval_df = take(splits["test"], sizes.eval, "test", verbose=verbose)
-    model_path = cfg.model or llm_name_or_path(plan.profile)
-    check_same_run(plan, llm_display_name(model_path))
+    data_sha = hashlib.sha256(json.dumps(train_df[["id", "dialogue", "summary"]].values.tolist()).encode()).hexdigest()
+    data_where = os.environ.get("COURSE_DATA_DIR") or source
+    check_same_run(plan, llm_display_name(model_path), data_sha, data_where)
     token = hf_token()
     if not Path(model_path).exists() and plan.profile.online:
         check_llm_access(model_path, plan.profile.llm_fallback, token)
@@ -521,7 +601,35 @@ def prepare(plan: Plan, verbose: bool = True) -> Prepared:
                           f"Raise max_length.") from None
     for ex, i in zip(examples, train_df["id"]):
         ex["id"] = str(i)                                  # not used by the padding; recorded for the report
-    return Prepared(model_path, llm_display_name(model_path), token, source, examples, eval_df)
+    return Prepared(model_path, llm_display_name(model_path), token, source, examples, eval_df, data_sha, data_where)
+
+
+def check_model_source(name_or_path: str, setting: str, online: bool) -> None:
+    """A model folder must hold a config and a tokenizer; a name that is no folder here must be a hub id that
+    can be reached (online) or is in the local hub cache (offline). ``setting``: where the name came from."""
+    from huggingface_hub import try_to_load_from_cache
+
+    p = Path(name_or_path).expanduser()
+    where = f"{setting}={name_or_path!r}"
+    if p.exists():
+        if not p.is_dir():
+            raise ConfigError(f"{where} is a file, not a model folder. Point it at the folder save_pretrained wrote "
+                              f"(config.json, weights, tokenizer), or at a hub id.")
+        if not (p / "config.json").is_file():
+            raise ConfigError(f"{where} is a folder but not a model (no config.json in it). Point it at the folder "
+                              f"save_pretrained wrote, or at a hub id such as Qwen/Qwen2.5-3B-Instruct.")
+        if not any((p / n).is_file() for n in ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")):
+            raise ConfigError(f"{where} holds a model but no tokenizer (tokenizer.json / tokenizer.model). Save the "
+                              f"tokenizer there too (tokenizer.save_pretrained(folder)).")
+        return
+    looks_like_path = name_or_path.startswith(("/", ".", "~")) or "\\" in name_or_path or name_or_path.count("/") > 1
+    if looks_like_path:
+        raise ConfigError(f"{where}: no such folder (read from {Path.cwd()}). Check the path, or give a hub id "
+                          f"(organisation/name).")
+    if not online and not isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
+        raise ConfigError(f"{where} is not a folder here, and this profile is offline (no hub): it cannot be "
+                          f"downloaded. Point {setting} at a local model folder, or leave it unset for the offline "
+                          f"model (SmolLM2-135M-Instruct).")
 
 
 def build_trainer(plan: Plan, model, tok, examples: list[dict], fsdp: bool):
@@ -578,6 +686,10 @@ def run(plan: Plan) -> dict:
         say(f"resume=false: deleting {len(old)} old checkpoint(s) in {show(plan.output_dir)}")
         for folder in old:
             shutil.rmtree(folder)
+    if plan.incomplete and state.is_main_process:         # half-written: never resumed, and in the Trainer's way
+        for folder, why in plan.incomplete:
+            say(f"deleting {show(folder)}: {why}")
+            shutil.rmtree(folder, ignore_errors=True)
     state.wait_for_everyone()
     with Timer() as load_time, state.main_process_first():
         model, tok = load_model(data.model_path, plan.quantized, data.token, fsdp)
@@ -596,9 +708,10 @@ def run(plan: Plan) -> dict:
                                             targets=tuple(cfg.lora_targets)), cfg.gradient_checkpointing, fsdp)
     trainer, collator, fingerprints = build_trainer(plan, model, tok, data.examples, fsdp)
     if state.is_main_process:
-        _write_json(plan.output_dir / "finetune_config.json", {"config": asdict(cfg), "world_size": plan.world_size,
-                                                               "run": plan.run_identity(data.model_name)},
-                    rounded=False)                        # compared exactly when a run resumes
+        _write_json(plan.output_dir / "finetune_config.json", {
+            "config": asdict(cfg), "world_size": plan.world_size,
+            "run": plan.run_identity(data.model_name, data.train_data_sha256, data.data_where)},
+            rounded=False)                                # compared exactly when a run resumes
     say(f"distributed  : {state.distributed_type.value}, backend {state.backend or '-'}, {state.num_processes} "
         f"process(es); optimizer {getattr(trainer.args.optim, 'value', trainer.args.optim)}")
 
@@ -606,7 +719,14 @@ def run(plan: Plan) -> dict:
         trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan.checkpoint else None)
     if trainer.is_fsdp_enabled:                           # gather the sharded adapter into one file
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
-    trainer.save_model(str(plan.adapter_dir))             # writes from the main process only
+    staging = plan.output_dir / ".adapter.tmp"            # the same name in every process (FSDP gathers into it)
+    if state.is_main_process and staging.exists():
+        shutil.rmtree(staging)                             # left by a run killed while saving
+    state.wait_for_everyone()
+    trainer.save_model(str(staging))                       # writes from the main process only
+    state.wait_for_everyone()
+    if state.is_main_process:
+        replace_folder(staging, plan.adapter_dir)          # atomic: a half-saved adapter never sits in adapter/
     state.wait_for_everyone()
     say(f"adapter      : saved once, by the main process, to {show(plan.adapter_dir)}")
 
@@ -672,7 +792,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML file (see configs/); keys left out come from the profile")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one key, e.g. --set epochs=1 --set lora_targets=q_proj,v_proj")
-    p.add_argument("--dry-run", action="store_true", help="check the config, print the plan, load nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="run every check a real run makes (config, output_dir, checkpoints, data, model folder or "
+                        "access, tokenized lengths), print the plan; load no model and write nothing")
     return p
 
 
@@ -682,7 +804,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.set)
         plan = make_plan(cfg)
         if args.dry_run:
+            prepare(plan)                                  # data, model name/folder, same run, tokenized lengths
             print(plan.describe())
+            print("dry run: every check passed; no model was loaded and nothing was written.")
             return 0
         run(plan)
     except (ConfigError, DataError, ModelAccessError) as e:

@@ -28,6 +28,8 @@ def trainable_summary(model) -> str:
 
 def dir_size_mb(path: os.PathLike | str) -> float:
     p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: nothing there to measure; save the checkpoint first (or check the path).")
     files = [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file()]
     return sum(f.stat().st_size for f in files) / 2**20
 

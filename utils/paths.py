@@ -20,13 +20,15 @@ def show(path: os.PathLike | str) -> str:
         return str(p.resolve().relative_to(ROOT))
     except ValueError:
         pass
-    data_dir = os.environ.get("COURSE_DATA_DIR")
+    data_dir = os.environ.get("COURSE_DATA_DIR", "").strip()
     if data_dir:
+        d = Path(data_dir).expanduser()
+        d = d if d.is_absolute() else ROOT / d           # as utils.data reads it: from the course root
         try:
-            return "$COURSE_DATA_DIR/" + str(p.resolve().relative_to(Path(data_dir).resolve()))
+            return "$COURSE_DATA_DIR/" + str(p.resolve().relative_to(d.resolve()))
         except ValueError:
             pass
     try:
         return "$COURSE_CACHE_DIR/" + str(p.resolve().relative_to(CACHE_DIR.resolve()))
     except ValueError:
-        return p.name
+        return str(p.resolve())                          # elsewhere: the whole path, so the reader can find it

@@ -175,8 +175,9 @@ class Plan:
     seq_len: int = 512
     r: int = 16
     targets: tuple[str, ...] | str = ("q_proj", "k_proj", "v_proj", "o_proj")
-    weight_bytes: float = 2.0               # base weights not quantized (16-bit on a GPU)
-    activation_bytes: float = 2.0           # compute dtype of the activations
+    weight_bytes: float = 2.0               # base weights of full fine-tuning and LoRA (16-bit on a GPU)
+    activation_bytes: float = 2.0           # compute dtype of the activations (full fine-tuning and LoRA; for
+                                            # QLoRA see activation_bytes_of: its residual stream is fp32)
     optimizer: str = "adamw"                # AdamW: two fp32 states (8 bytes); "adamw_8bit": 2 bytes
     gradient_checkpointing: bool = False
     lora_dropout: bool = True               # dropout on the LoRA input keeps one more copy of it
@@ -225,6 +226,16 @@ def activation_elements_per_token(config, plan: Plan) -> float:
     return kept
 
 
+def activation_bytes_of(plan: Plan) -> float:
+    """Bytes per kept activation. Full fine-tuning and LoRA: the plan's compute dtype. QLoRA: 4, whatever the
+    compute dtype, because PEFT's ``prepare_model_for_kbit_training`` casts every weight that is not 4-bit
+    (embeddings, norms, an untied head) to fp32, so the residual stream starts in fp32, and bitsandbytes'
+    ``Linear4bit`` computes in the compute dtype but returns its *input's* dtype: every tensor the blocks keep is
+    fp32. (Under autocast, i.e. the Trainer's fp16/bf16, the attention and adapter matmuls keep 16-bit copies:
+    measured on a small Llama, autograd then keeps about 0.8 x the 4-byte count, so 4 bytes is an upper bound.)"""
+    return 4.0 if plan.method == "qlora" else float(plan.activation_bytes)
+
+
 def config_layers(config) -> int:
     return {"llama": lambda c: c.num_hidden_layers, "gpt2": lambda c: c.n_layer,
             "gpt2-scratch": lambda c: c.n_layers, "t5": lambda c: c.num_layers + c.num_decoder_layers}[family(config)](config)
@@ -233,13 +244,14 @@ def config_layers(config) -> int:
 def estimate_memory(config, plan: Plan = Plan()) -> dict[str, float]:
     """Bytes needed by one training step, by component.
 
-    * weights: the base model (16-bit, or NF4 with double quantization for the Linear layers under QLoRA);
+    * weights: the base model (16-bit; under QLoRA, NF4 with double quantization for the Linear layers and fp32
+      for the rest, which ``prepare_model_for_kbit_training`` casts up);
     * trainable copy: full fine-tuning in 16-bit keeps an fp32 master copy; LoRA keeps its adapters in fp32;
     * gradients: one per trainable parameter (16-bit for full fine-tuning, fp32 for adapters);
     * optimizer: AdamW's two fp32 moments (8 bytes) per trainable parameter, 2 bytes with 8-bit AdamW;
     * activations: tensors kept for the backward pass, per token and layer (see
       :func:`activation_elements_per_token`); with gradient checkpointing only each block's input, plus one
-      block's tensors while it is recomputed;
+      block's tensors while it is recomputed; in fp32 under QLoRA (:func:`activation_bytes_of`);
     * logits and loss: the logits, upcast to fp32 by the loss, their log-softmax (kept for the backward
       pass) and, in the backward pass, their gradient: three fp32 copies of batch x seq x vocab.
 
@@ -254,9 +266,9 @@ def estimate_memory(config, plan: Plan = Plan()) -> dict[str, float]:
         gradients = n * plan.weight_bytes
     else:
         trainable = lora_parameter_count(config, plan.r, plan.targets)
-        if plan.method == "qlora":
-            quantized = quantized_parameter_count(config)
-            weights = quantized * NF4_DQ_BITS / 8 + (n - quantized) * plan.weight_bytes
+        if plan.method == "qlora":               # the rest (embeddings, norms, head) is cast to fp32 by
+            quantized = quantized_parameter_count(config)         # prepare_model_for_kbit_training
+            weights = quantized * NF4_DQ_BITS / 8 + (n - quantized) * 4.0
         else:
             weights = n * plan.weight_bytes
         trainable_copy = trainable * 4.0
@@ -266,8 +278,32 @@ def estimate_memory(config, plan: Plan = Plan()) -> dict[str, float]:
     per_layer = activation_elements_per_token(config, plan)
     kept = layers * h + per_layer if plan.gradient_checkpointing else layers * per_layer
     kept += h + 1 + (2 * h if plan.method == "full" else 0)    # final norm (+ the head's input when the head trains)
-    activations = tokens * kept * plan.activation_bytes
+    act_bytes = activation_bytes_of(plan)
+    activations = tokens * kept * act_bytes
+    # a 16-bit copy of the logits when the head runs in 16 bits (under autocast also with QLoRA's fp32 head)
     logits = tokens * config.vocab_size * ((plan.activation_bytes if plan.activation_bytes < 4 else 0) + 12)
     parts = {"weights": weights, "trainable copy": trainable_copy, "gradients": gradients,
              "optimizer states": optimizer, "activations": activations, "logits and loss": logits}
     return parts | {"total": sum(parts.values())}
+
+
+def instantiated_count(config) -> int:
+    """Parameters of the model a configuration describes, instantiated on PyTorch's ``meta`` device (shapes only,
+    no memory): the reference the formulas above are checked against."""
+    import torch
+
+    from .memory import count_parameters
+
+    fam = family(config)
+    with torch.device("meta"):
+        if fam == "gpt2-scratch":
+            from .gpt2 import GPTModel
+            return count_parameters(GPTModel(config))[1]
+        if fam == "t5":                    # transformers 5 ties T5's head when built from a config
+            from transformers import T5ForConditionalGeneration
+            model = T5ForConditionalGeneration(config)
+            if _t5_separate_head(config):  # flan-t5's own output matrix
+                model.lm_head = torch.nn.Linear(config.d_model, config.vocab_size, bias=False)
+            return count_parameters(model)[1]
+    from .architectures import meta_model
+    return count_parameters(meta_model(config))[1]

@@ -24,5 +24,8 @@ def save_figure(fig, name: str, provenance: str):
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     IMG_DIR.mkdir(exist_ok=True)
     path = IMG_DIR / f"{name}.png"
-    fig.savefig(path, bbox_inches="tight")
+    from .results import atomic_file
+
+    with atomic_file(path, "wb") as f:              # a kill mid-write leaves the previous figure, not half a PNG
+        fig.savefig(f, format="png", bbox_inches="tight")
     return path

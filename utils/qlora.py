@@ -27,15 +27,27 @@ def lora_config(s: LoRASettings = LoRASettings()):
                       bias="none", task_type=TaskType.CAUSAL_LM, **s.extra)
 
 
-def add_lora(model, s: LoRASettings = LoRASettings(), gradient_checkpointing: bool = True):
-    """Freeze the 4-bit base (``prepare_model_for_kbit_training`` also casts norms to fp32 and enables
-    input gradients for checkpointing), then wrap it with LoRA adapters."""
-    from peft import get_peft_model, prepare_model_for_kbit_training
+def prepare_4bit_base(model, gradient_checkpointing: bool = True):
+    """Freeze the 4-bit base for training: ``prepare_model_for_kbit_training`` freezes every weight, casts the
+    unquantized 16-bit ones (embeddings, norms, head) to fp32, turns on gradient checkpointing and makes the
+    embedding output require gradients. On a GPU (or with bf16 on a CPU) this changes the model's numbers:
+    evaluate "the base" after it, so that the base and the adapted model are the same model but for the adapters."""
+    from peft import prepare_model_for_kbit_training
 
-    model = prepare_model_for_kbit_training(
-        model, use_gradient_checkpointing=gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False})
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                           gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def attach_lora(model, s: LoRASettings = LoRASettings()):
+    """Wrap a prepared base with LoRA adapters (A random, B zero: the adapted model starts as the base)."""
+    from peft import get_peft_model
+
     return get_peft_model(model, lora_config(s))
+
+
+def add_lora(model, s: LoRASettings = LoRASettings(), gradient_checkpointing: bool = True):
+    """Both steps at once: ``prepare_4bit_base`` then ``attach_lora``."""
+    return attach_lora(prepare_4bit_base(model, gradient_checkpointing), s)
 
 
 def lora_parameter_count(config, s: LoRASettings = LoRASettings()) -> int:
@@ -85,29 +97,20 @@ def training_arguments(sizes, output_dir, dtype: torch.dtype, **overrides):
                 warmup_steps=0, optim=optimizer_name(), gradient_checkpointing=True,
                 gradient_checkpointing_kwargs={"use_reentrant": False}, logging_steps=1, save_strategy="no",
                 report_to="none", disable_tqdm=True, seed=42, data_seed=42, remove_unused_columns=False,
-                fp16=dtype == torch.float16, bf16=dtype == torch.bfloat16, dataloader_pin_memory=False)
+                fp16=dtype == torch.float16, bf16=dtype == torch.bfloat16, dataloader_pin_memory=False,
+                # bf16 on a CPU (the T4 stand-in) is refused without use_cpu; set only then, the fp32 CPU path is unchanged
+                **({"use_cpu": True} if dtype == torch.bfloat16 and not torch.cuda.is_available() else {}))
     args.update(overrides)
     return TrainingArguments(**args)
 
 
-@torch.no_grad()
 def generate_summaries(model, tokenizer, dialogues, max_new_tokens: int, batch_size: int = 8,
                        max_prompt_tokens: int = 1024) -> list[str]:
-    """Greedy summaries, batched with left padding (decoder-only models continue from the right end)."""
-    was_training = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    out = []
-    for i in range(0, len(dialogues), batch_size):
-        prompts = [chat_prompt_ids(tokenizer, d, max_prompt_tokens) for d in dialogues[i:i + batch_size]]
-        n = max(map(len, prompts))
-        ids = torch.tensor([[tokenizer.pad_token_id] * (n - len(p)) + p for p in prompts], device=dev)
-        mask = torch.tensor([[0] * (n - len(p)) + [1] * len(p) for p in prompts], device=dev)
-        gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        out += [t.strip() for t in tokenizer.batch_decode(gen[:, n:], skip_special_tokens=True)]
-    model.train(was_training)
-    return out
+    """Greedy summaries: ``utils.generate.generate_summaries`` (one function for every model family)."""
+    from .generate import generate_summaries as generate
+
+    return generate(model, tokenizer, list(dialogues), max_new_tokens, batch_size=batch_size,
+                    max_prompt_tokens=max_prompt_tokens)
 
 
 def loss_printer(every: int = 5):

@@ -1,15 +1,133 @@
 """Every notebook writes its key figures to ``results/<notebook-stem>.json``; later notebooks and
 instructors read them. Predictions go to ``results/<stem>.predictions.jsonl`` (one row per model and
-dialogue)."""
+dialogue).
+
+Nothing half-written is ever trusted:
+
+* every file and folder is written to a temporary name in the same folder, then moved into place with
+  ``os.replace`` (:func:`atomic_file`, :func:`atomic_write_text`, :func:`atomic_folder`): a kill, an
+  out-of-memory or a full disk mid-write leaves the previous version intact (and a hidden ``.tmp`` file);
+* a run's results and predictions carry the same ``run_id`` (``utils.Run.run_id``). :func:`save_run` writes
+  both; :func:`load_run` reads both and refuses a pair written by different runs (an interruption between
+  the two writes), or a predictions file that is not the one the results describe.
+"""
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
+import os
+import shutil
+import time
+import uuid
+from glob import escape as glob_escape
 from pathlib import Path
 
 import pandas as pd
 
-from .paths import RESULTS_DIR
+from .paths import RESULTS_DIR, show
+
+
+class ResultsError(ValueError):
+    """A results or predictions file is damaged or belongs to another run; the message says what to re-run."""
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+def _tmp_name(path: Path, kind: str = "tmp") -> Path:
+    return path.with_name(f".{path.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+
+
+def _remove_stale(path: Path) -> None:
+    """Delete the temporary files of earlier writers of ``path`` that died (killed, out of memory) mid-write."""
+    for tmp in path.parent.glob(f".{glob_escape(path.name)}.tmp-*"):
+        pid = tmp.name.rsplit(".tmp-", 1)[1].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def atomic_file(path: os.PathLike | str, mode: str = "w", encoding: str | None = "utf-8"):
+    """Open a temporary file beside ``path`` for writing; on a clean exit flush it to disk and move it onto
+    ``path`` (``os.replace``, atomic on POSIX and Windows). On an error the temporary file is removed and
+    ``path`` keeps its previous content; a killed process leaves only a hidden ``.<name>.tmp-*`` file,
+    which no reader looks at."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(path)
+    tmp = _tmp_name(path)
+    f = open(tmp, mode, encoding=encoding if "b" not in mode else None)
+    try:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+        os.replace(tmp, path)
+    except BaseException:
+        f.close()
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: os.PathLike | str, text: str) -> Path:
+    with atomic_file(path) as f:
+        f.write(text)
+    return Path(path)
+
+
+def atomic_write_bytes(path: os.PathLike | str, data: bytes) -> Path:
+    with atomic_file(path, "wb") as f:
+        f.write(data)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: os.PathLike | str):
+    """Yield a temporary folder beside ``path``; on a clean exit it replaces ``path`` (a previous folder there
+    is moved aside first, then deleted). On an error, or if the process dies, ``path`` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(path)
+    tmp = _tmp_name(path)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_folder(tmp, path)
+
+
+def replace_folder(src: os.PathLike | str, dest: os.PathLike | str) -> None:
+    """Move the finished folder ``src`` onto ``dest`` (same parent): a previous ``dest`` is moved aside first,
+    then deleted, so that ``dest`` is at every moment either the old folder or the new one, never a mix."""
+    src, dest = Path(src), Path(dest)
+    old = None
+    if dest.exists():
+        old = _tmp_name(dest, "old")
+        os.replace(dest, old)
+    os.replace(src, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- results
+
+def new_run_id(stem: str = "") -> str:
+    """A fresh id per execution of a notebook: ``<stem prefix>-<UTC time>-<random>``."""
+    prefix = f"{stem.split('_')[0]}-" if stem else ""
+    return f"{prefix}{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:6]}"
 
 
 def _clean(obj):
@@ -27,43 +145,133 @@ def _clean(obj):
 
 
 def save_results(stem: str, results: dict) -> Path:
-    RESULTS_DIR.mkdir(exist_ok=True)
     path = RESULTS_DIR / f"{stem}.json"
-    path.write_text(json.dumps(_clean(results), indent=2, ensure_ascii=False) + "\n")
-    return path
+    return atomic_write_text(path, json.dumps(_clean(results), indent=2, ensure_ascii=False) + "\n")
 
 
-def load_results(stem: str) -> dict:
-    path = RESULTS_DIR / f"{stem}.json"
+def load_results(stem: str, folder: os.PathLike | str | None = None) -> dict:
+    """``folder``: where to read (default ``results/``), e.g. a student's own runs copied to Google Drive."""
+    path = (Path(folder) if folder else RESULTS_DIR) / f"{stem}.json"
     if not path.exists():
-        raise FileNotFoundError(f"results/{stem}.json is missing: run notebooks/{stem}.ipynb first.")
-    return json.loads(path.read_text())
+        raise FileNotFoundError(f"{show(path)} is missing: run notebooks/{stem}.ipynb first.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ResultsError(f"{show(path)} is damaged (not valid JSON: {e}); it was cut short or edited. "
+                           f"Re-run notebooks/{stem}.ipynb to write it again.") from None
+    if not isinstance(data, dict):
+        raise ResultsError(f"{show(path)} holds a {type(data).__name__}, not the results object a notebook "
+                           f"writes. Re-run notebooks/{stem}.ipynb.")
+    return data
 
+
+# ----------------------------------------------------------------------------- predictions
 
 PREDICTION_COLUMNS = ["model", "id", "dialogue", "references", "prediction"]
 
 
-def save_predictions(stem: str, frames: dict[str, pd.DataFrame]) -> Path:
-    """``frames`` maps a model name to a frame with id, dialogue, references (list), prediction."""
+def _prediction_text(frames: dict[str, pd.DataFrame], run_id: str | None) -> tuple[str, int]:
     rows = []
     for name, df in frames.items():
         missing = set(PREDICTION_COLUMNS[1:]) - set(df.columns)
         if missing:
             raise ValueError(f"predictions of {name!r} lack column(s) {sorted(missing)}")
-        rows += [{"model": name, **{c: r[c] for c in PREDICTION_COLUMNS[1:]}} for _, r in df.iterrows()]
-    RESULTS_DIR.mkdir(exist_ok=True)
-    path = RESULTS_DIR / f"{stem}.predictions.jsonl"
-    path.write_text("".join(json.dumps(_clean(r), ensure_ascii=False) + "\n" for r in rows))
-    return path
+        extra = {"run_id": run_id} if run_id else {}
+        rows += [{"model": name, **{c: r[c] for c in PREDICTION_COLUMNS[1:]}, **extra} for _, r in df.iterrows()]
+    return "".join(json.dumps(_clean(r), ensure_ascii=False) + "\n" for r in rows), len(rows)
 
 
-def load_predictions(stem: str) -> pd.DataFrame:
-    path = RESULTS_DIR / f"{stem}.predictions.jsonl"
+def _stem_and_id(run_or_stem) -> tuple[str, str | None]:
+    if isinstance(run_or_stem, str):
+        return run_or_stem, None
+    return run_or_stem.stem, getattr(run_or_stem, "run_id", None)
+
+
+def save_predictions(run_or_stem, frames: dict[str, pd.DataFrame], run_id: str | None = None) -> Path:
+    """``frames`` maps a model name to a frame with id, dialogue, references (list), prediction.
+    Pass the notebook's ``run`` (or a stem and ``run_id``) so that every row carries the run's id.
+    Prefer :func:`save_run`, which writes predictions and results together."""
+    stem, rid = _stem_and_id(run_or_stem)
+    text, _ = _prediction_text(frames, run_id or rid)
+    return atomic_write_text(RESULTS_DIR / f"{stem}.predictions.jsonl", text)
+
+
+def save_run(run, predictions: dict[str, pd.DataFrame], **results) -> dict:
+    """Write a notebook's predictions and results as one unit, both stamped with ``run.run_id``.
+
+    The predictions go to a temporary file first; then ``run.save(**results)`` writes the results
+    (atomically), recording the predictions' row count and SHA-256; then the predictions file is moved
+    into place. An interruption anywhere leaves either the old pair, or a pair whose run ids differ, which
+    :func:`load_run` refuses. Returns the results payload."""
+    text, n = _prediction_text(predictions, run.run_id)
+    path = RESULTS_DIR / f"{run.stem}.predictions.jsonl"
+    meta = {"file": path.name, "rows": n, "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
+    with atomic_file(path) as f:
+        f.write(text)
+        payload = run.save(**results, predictions_file=meta)
+    print(f"{n} predictions of {list(predictions)} written to results/{path.name} (run {run.run_id})")
+    return payload
+
+
+def load_predictions(stem: str, folder: os.PathLike | str | None = None) -> pd.DataFrame:
+    """The predictions file of a notebook, every line checked (a damaged line names the file and line)."""
+    path = (Path(folder) if folder else RESULTS_DIR) / f"{stem}.predictions.jsonl"
     if not path.exists():
-        raise FileNotFoundError(f"results/{path.name} is missing: run notebooks/{stem}.ipynb first "
+        raise FileNotFoundError(f"{show(path)} is missing: run notebooks/{stem}.ipynb first "
                                 f"(it writes every model's predictions there).")
-    df = pd.read_json(path, lines=True)
-    missing = set(PREDICTION_COLUMNS) - set(df.columns)
-    if missing:
-        raise ValueError(f"results/{path.name} lacks column(s) {sorted(missing)}: re-run notebooks/{stem}.ipynb.")
+    redo = f"Re-run notebooks/{stem}.ipynb to write it again."
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ResultsError(f"{show(path)} is damaged (not UTF-8 at byte {e.start}). {redo}") from None
+    if not text.strip():
+        raise ResultsError(f"{show(path)} is empty. {redo}")
+    if not text.endswith("\n"):
+        raise ResultsError(f"{show(path)} does not end with a line break: it was cut short. {redo}")
+    rows = []
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ResultsError(f"{show(path)}, line {i}: not valid JSON ({e.msg}); the file is damaged. {redo}") from None
+        if not isinstance(row, dict) or set(PREDICTION_COLUMNS) - set(row):
+            have = sorted(row) if isinstance(row, dict) else type(row).__name__
+            raise ResultsError(f"{show(path)}, line {i}: expected the keys {PREDICTION_COLUMNS}, found {have}. {redo}")
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if "run_id" in df.columns and df["run_id"].nunique(dropna=False) > 1:
+        raise ResultsError(f"{show(path)} mixes rows of {df['run_id'].nunique(dropna=False)} runs "
+                           f"({sorted(map(str, df['run_id'].unique()))[:3]}): it was assembled by hand. {redo}")
     return df
+
+
+def load_run(stem: str, folder: os.PathLike | str | None = None) -> tuple[dict, pd.DataFrame]:
+    """Results and predictions of one run of ``notebooks/<stem>.ipynb`` (read from ``folder``, default
+    ``results/``); a :class:`ResultsError` when they do not belong together (different run ids, or a
+    predictions file other than the one the results recorded)."""
+    base = Path(folder) if folder else RESULTS_DIR
+    results, predictions = load_results(stem, base), load_predictions(stem, base)
+    res_path, pred_path = show(base / f"{stem}.json"), show(base / f"{stem}.predictions.jsonl")
+    redo = (f"Re-run notebooks/{stem}.ipynb to the end (its last cells write both files), "
+            f"then re-run this notebook.")
+    res_id = results.get("run_id")
+    pred_id = predictions["run_id"].iloc[0] if "run_id" in predictions.columns else None
+    if res_id is None and pred_id is None:
+        print(f"note: {res_path} and {pred_path} were written before run ids existed; "
+              f"that they come from the same run cannot be checked. {redo}")
+        return results, predictions
+    if res_id != pred_id:
+        raise ResultsError(f"{res_path} (run {res_id or 'without a run id'}) and {pred_path} "
+                           f"(run {pred_id or 'without a run id'}) come from different runs: notebooks/{stem}.ipynb "
+                           f"was interrupted between its two writes, or one file was copied from elsewhere. {redo}")
+    meta = results.get("predictions_file")
+    if meta:
+        path = base / f"{stem}.predictions.jsonl"
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if meta.get("rows") != len(predictions) or meta.get("sha256") not in (None, digest):
+            raise ResultsError(f"{pred_path} is not the file its run wrote ({len(predictions)} rows, "
+                               f"{res_path} recorded {meta.get('rows')} and another checksum): it was edited "
+                               f"or cut short. {redo}")
+    return results, predictions

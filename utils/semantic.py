@@ -38,6 +38,15 @@ def mean_pool(token_embeddings, attention_mask):
     return (token_embeddings * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
 
+def strip_speaker_tags(text: str) -> str:
+    """The text without DialogSum's speaker tags (#Person1#, #Person2#, ...), spaces tidied. Embedding a tag gives
+    every summary the same tokens ("#", "person", "##1"), which pulls any two summaries together: a prediction
+    made of tags alone ("#Person1#Person1#...") scores far above unrelated text."""
+    from .analysis import SPEAKER_TAG
+
+    return " ".join(SPEAKER_TAG.sub(" ", text).split())
+
+
 def _check_texts(texts, what: str) -> list[str]:
     if isinstance(texts, str):
         raise ValueError(f"{what}: expected a list of strings, got one string; wrap it in a list.")
@@ -95,10 +104,12 @@ class SentenceEncoder:
     def clear_cache(self) -> None:
         self._cache.clear()
 
-    def similarity(self, predictions, references, empty_score: float | None = None) -> np.ndarray:
+    def similarity(self, predictions, references, empty_score: float | None = None,
+                   strip_tags: bool = True) -> np.ndarray:
         """Cosine of each prediction with its references, the best one when there are several (like
-        multi-reference ROUGE). An empty prediction is an error unless ``empty_score`` is given (ROUGE
-        scores it 0; pass ``empty_score=0.0`` to do the same)."""
+        multi-reference ROUGE). Speaker tags are removed from both sides first (``strip_tags``; see
+        :func:`strip_speaker_tags`). An empty prediction (or one made of tags only) is an error unless
+        ``empty_score`` is given (ROUGE scores it 0; pass ``empty_score=0.0`` to do the same)."""
         predictions = list(predictions)
         if isinstance(references, str):
             raise ValueError("references: expected one reference (or a list of them) per prediction.")
@@ -116,10 +127,15 @@ class SentenceEncoder:
             if not refs:
                 raise ValueError(f"example {i} has no reference summary: every prediction needs at least one.")
             _check_texts(refs, f"example {i}: reference")
+        if strip_tags:
+            predictions = [strip_speaker_tags(p) for p in predictions]
+            references = [[strip_speaker_tags(r) for r in refs] for refs in references]
+            for i, refs in enumerate(references):
+                _check_texts(refs, f"example {i}: reference without speaker tags")
         empty = [i for i, p in enumerate(predictions) if isinstance(p, str) and not p.strip()]
         if empty and empty_score is None:
-            raise ValueError(f"prediction {empty[0]} is an empty string ({len(empty)} in all): it has no "
-                             f"embedding. Pass empty_score=0.0 to score empty predictions 0, as ROUGE does.")
+            raise ValueError(f"prediction {empty[0]} is empty{' once speaker tags are removed' if strip_tags else ''} "
+                             f"({len(empty)} in all): it has no embedding. Pass empty_score=0.0 to score empty predictions 0, as ROUGE does.")
         keep = [i for i in range(len(predictions)) if i not in set(empty)]
         pred_emb = self.encode([predictions[i] for i in keep])
         flat = [r for i in keep for r in references[i]]

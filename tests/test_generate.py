@@ -1,0 +1,145 @@
+"""utils.generate: one summary generator for seq2seq (T5) and causal chat models (SmolLM2), and chapter 2's
+shared set-up (utils.full_vs_lora): same data order for both methods, exact LoRA counts, the sweep's choice."""
+import pytest
+import torch
+
+from utils.generate import generate_summaries, model_family, stop_token_ids
+
+DIALOGUES = ["#Person1#: Can I return these shoes?\n#Person2#: Yes, with the receipt, within thirty days.",
+             "#Person1#: Is the train to Leeds late?\n#Person2#: Twenty minutes, because of the snow. "
+             "Platform four.\n#Person1#: Thanks, I'll get a coffee then.",
+             "#Person1#: Hi."]
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from utils.models import smollm2_checkpoint
+
+    path = smollm2_checkpoint(verbose=False)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_t5(tmp_path_factory):
+    from utils.profiles import get_profile
+    from utils.t5 import load_t5, t5_tokenizer, tiny_t5_checkpoint
+
+    tok = t5_tokenizer(get_profile("smoke"))
+    path = tiny_t5_checkpoint(tok, tmp_path_factory.mktemp("t5") / "init", d_model=32, d_ff=64, d_kv=8,
+                              num_heads=4, num_layers=1, num_decoder_layers=1, dropout_rate=0.0)
+    return load_t5(path, tok, device="cpu"), tok
+
+
+@pytest.mark.parametrize("which", ["tiny_t5", "smollm2"])
+def test_one_string_per_dialogue_deterministic_and_batch_size_independent(which, request):
+    model, tok = request.getfixturevalue(which)
+    batched = generate_summaries(model, tok, DIALOGUES, max_new_tokens=12, batch_size=3)
+    again = generate_summaries(model, tok, DIALOGUES, max_new_tokens=12, batch_size=3)
+    one_by_one = [generate_summaries(model, tok, [d], max_new_tokens=12, batch_size=1)[0] for d in DIALOGUES]
+    assert len(batched) == len(DIALOGUES) and all(isinstance(s, str) for s in batched)
+    assert batched == again == one_by_one
+    assert any(batched)                                            # something was generated
+
+
+def test_families_and_stop_tokens(tiny_t5, smollm2):
+    t5, t5_tok = tiny_t5
+    lm, lm_tok = smollm2
+    assert model_family(t5) == "seq2seq" and model_family(lm) == "causal"
+    assert stop_token_ids(t5, t5_tok) == [t5_tok.eos_token_id]     # T5's pad starts the decoder: never a stop
+    assert lm_tok.convert_tokens_to_ids("<|im_end|>") in stop_token_ids(lm, lm_tok)
+
+
+def test_a_chat_model_answers_the_dialogue_not_the_template(smollm2):
+    """The real SmolLM2 (pretrained weights) answers after the assistant header: no template tokens, no
+    'user'/'assistant' turn headers in the text, and it stops before the budget on a one-line dialogue."""
+    model, tok = smollm2
+    out = generate_summaries(model, tok, [DIALOGUES[0]], max_new_tokens=60)[0]
+    assert out and "<|im_start|>" not in out and not out.startswith(("user", "assistant"))
+
+
+def test_bad_input_is_a_clear_error(tiny_t5):
+    model, tok = tiny_t5
+    with pytest.raises(ValueError, match="single string"):
+        generate_summaries(model, tok, DIALOGUES[0], 8)
+    with pytest.raises(ValueError, match="empty"):
+        generate_summaries(model, tok, [], 8)
+    with pytest.raises(ValueError, match="at least 1"):
+        generate_summaries(model, tok, DIALOGUES, 8, batch_size=0)
+
+
+def test_old_names_delegate_to_the_one_generator(smollm2):
+    from utils.qlora import generate_summaries as qlora_generate
+
+    model, tok = smollm2
+    assert qlora_generate(model, tok, DIALOGUES[:2], 8, batch_size=2) == generate_summaries(model, tok, DIALOGUES[:2], 8)
+
+
+# ----------------------------------------------------------------------------- chapter 2's set-up
+
+def test_smollm2_lora_recipe_counts_exactly():
+    """The brief's T5 recipe (r=32, alpha=32 on query and value) on SmolLM2-135M: 30 layers x 32 x
+    ((576 + 576) + (576 + 192)) = 1,843,200 of 134,515,008 + 1,843,200."""
+    from peft import get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from utils.full_vs_lora import CAUSAL_LORA, SummaryTask, lora_config
+    from utils.memory import count_parameters
+    from utils.models import smollm2_checkpoint
+
+    config = AutoConfig.from_pretrained(smollm2_checkpoint(verbose=False))
+    with torch.device("meta"):
+        base = AutoModelForCausalLM.from_config(config)
+    assert count_parameters(base)[1] == 134_515_008
+    peft_model = get_peft_model(base, lora_config(SummaryTask("causal", "", "", None)))
+    assert count_parameters(peft_model) == (1_843_200, 134_515_008 + 1_843_200)
+    assert CAUSAL_LORA["r"] == CAUSAL_LORA["lora_alpha"] == 32
+
+
+def test_both_methods_see_the_same_batches_in_the_same_order(tiny_t5, tmp_path):
+    """Full fine-tuning and LoRA, trained through train_method, read identical batches in identical order."""
+    import pandas as pd
+
+    from utils.full_vs_lora import SummaryTask, collator, make_model, tokenize, train_method
+    from utils.profiles import SummarySizes
+
+    _, tok = tiny_t5
+    task = SummaryTask("seq2seq", str(tmp_path / "base"), "tiny", tok)
+    tiny_t5[0].save_pretrained(task.name_or_path)
+    frame = pd.DataFrame({"dialogue": [f"#Person1#: Order {i} is late.\n#Person2#: I will check." for i in range(6)],
+                          "summary": [f"#Person2# checks order {i}." for i in range(6)]})
+    sizes = SummarySizes(train=6, eval=2, max_steps=3, batch_size=2, max_source_length=64, max_target_length=16,
+                         max_new_tokens=4, lr_full=1e-3, lr_lora=1e-2)
+    examples = tokenize(task, frame, sizes)
+    seen = {}
+    for method in ("full", "lora"):
+        calls = []
+        base_collate = collator(task)
+
+        def record(batch, calls=calls, base_collate=base_collate):
+            calls.append([b["input_ids"] for b in batch])
+            return base_collate(batch)
+
+        import utils.full_vs_lora as fvl
+        original = fvl.collator
+        fvl.collator = lambda t: record
+        try:
+            run = train_method(task, make_model(task, method, 0), examples, examples[:2], sizes, 1e-3,
+                               tmp_path / method, seed=0, eval_points=1)
+        finally:
+            fvl.collator = original
+        seen[method] = calls
+        assert len(run["loss"]) == 3 and len(run["eval_loss"]) == 1
+    assert seen["full"] == seen["lora"] and len(seen["full"]) >= 3
+
+
+def test_best_rates_pick_the_lowest_heldout_loss():
+    from utils.full_vs_lora import best_rates
+
+    sweep = {"runs": [{"method": "full", "lr": 1e-5, "heldout_loss": 2.0}, {"method": "full", "lr": 1e-4, "heldout_loss": 1.5},
+                      {"method": "lora", "lr": 1e-3, "heldout_loss": 1.6}, {"method": "lora", "lr": 1e-4, "heldout_loss": 1.9},
+                      {"method": "lora", "lr": 3e-3, "heldout_loss": None}]}
+    assert best_rates(sweep) == {"full": 1e-4, "lora": 1e-3}
+    with pytest.raises(ValueError, match="no finished run"):
+        best_rates({"runs": sweep["runs"][:2]})

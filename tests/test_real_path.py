@@ -1,0 +1,257 @@
+"""The real path, where students run it, on a simulated hub (tests/simhub): no network, no GPU.
+
+* **One notebook alone, as on Colab**: each notebook runs by itself in a fresh kernel whose ``google.colab`` is
+  simulated (tests/simhub/colab.py). Its setup cell clones the course (a git repository made from the working
+  tree's files: what the lead is about to commit) into an empty ``/content/course`` of its own and runs
+  ``pip install -r requirements-colab.txt`` with no index (everything must already be there; the venv must be
+  left unchanged). Profile ``colab`` on a CPU runtime (``COURSE_ALLOW_CPU=1``), sizes shrunk by
+  ``COURSE_OVERRIDE``; notebooks 02, 03 and 05 with ``COURSE_MIXED_PRECISION=bf16``, standing in for a T4's fp16.
+  Notebook 04 alone must say that the predictions its clone holds are the course's, not the student's; pointed
+  (``COURSE_PREDICTIONS_DIR``, a "Drive" folder) at the results of 02 and 03 run above, it must analyse those.
+  Checked invariants (lines of ``# NBVAL_CHECK_OUTPUT`` cells ending in ``: False``, quality claims aside) must
+  hold: the bf16 run is what shows a mixed-precision defect such as the autocast wrapper left on after training.
+* **A laptop online without a GPU**: notebook 01 on the ``laptop`` profile, in a fresh clone, no Colab.
+
+The real ids (openai-community/gpt2, google/flan-t5-base, meta-llama/Llama-3.2-3B-Instruct, ...) resolve from a
+local hub cache to shrunk stand-ins (``HF_HUB_OFFLINE=1``), DialogSum from ``datasets``' cache of the hub's CSVs,
+the UCI SMS zip from an HTTP server on 127.0.0.1 (``COURSE_SMS_URL``). The course's code is the real path's,
+unchanged. Executed copies go to pytest's temporary folder, never over the committed notebooks.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from importlib.metadata import distributions
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from simhub import builder, colab  # noqa: E402
+from tools.runner import copy_course  # noqa: E402
+from utils.paths import ROOT  # noqa: E402
+
+pytestmark = pytest.mark.realpath
+
+NOTEBOOKS = {p.name[:2]: p for p in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))}
+
+# Sizes: a few examples, one or two optimizer steps, a few generated tokens: code paths, not results.
+OVERRIDE = ",".join([
+    "spam.train=4", "spam.val=4", "spam.test=4", "spam.epochs=1", "spam.batch_size=4", "spam.max_length=32",
+    "spam.eval_every=2",
+    "summary.train=8", "summary.eval=4", "summary.max_steps=2", "summary.batch_size=4",
+    "summary.max_source_length=128", "summary.max_target_length=32", "summary.max_new_tokens=8",
+    "qlora.train=8", "qlora.eval=4", "qlora.epochs=1", "qlora.batch_size=2", "qlora.grad_accum=2",
+    "qlora.max_length=256", "qlora.max_new_tokens=8",
+    "ablation.memory_batch=1", "ablation.memory_seq=32", "ablation.adapter_steps=1", "ablation.train=4",
+    "ablation.eval=2", "ablation.rouge_eval=2", "ablation.rouge_all=false", "ablation.steps=1",
+    "ablation.batch_size=2", "ablation.max_length=256", "ablation.max_new_tokens=8", "ablation.alpha_ranks=16",
+])
+TIMES: dict[str, float] = {}
+CLONES: dict[str, Path] = {}           # notebook -> the clone it ran in (its results/), for notebook 04
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _report_times():
+    """How long each notebook took, printed at the end (pytest -s) and kept in .cache/simhub/times.json."""
+    yield
+    if TIMES:
+        print("\n" + "\n".join(f"real path, notebook {k}: {s:.0f} s" for k, s in TIMES.items()))
+        builder.CACHE.mkdir(parents=True, exist_ok=True)
+        (builder.CACHE / "times.json").write_text(json.dumps({k: round(s, 1) for k, s in TIMES.items()}, indent=1))
+
+
+def _venv_state() -> set[tuple[str, str]]:
+    return {(d.metadata["Name"], d.version) for d in distributions()}
+
+
+@pytest.fixture(scope="session")
+def hub():
+    return builder.build()
+
+
+@pytest.fixture(scope="session")
+def sms_url(hub):
+    with builder.serve(hub) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def course_repo(tmp_path_factory) -> Path:
+    """A git repository holding the course as the lead is about to commit it (tracked files and new ones git
+    does not ignore, with their current content): what COURSE_REPO points the setup cell's clone at."""
+    repo = copy_course(tmp_path_factory.mktemp("origin") / "course")
+    git = ["git", "-c", "user.name=simhub", "-c", "user.email=simhub@example.org", "-c", "init.defaultBranch=main"]
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "course snapshot"]):
+        subprocess.run(git + cmd, cwd=repo, check=True)
+    return repo
+
+
+def run_on_colab(key: str, tmp_path: Path, hub: Path, sms_url: str, course_repo: Path, **extra):
+    """Notebook ``key`` alone on a simulated Colab CPU runtime, profile colab; returns (notebook, content dir)."""
+    site = colab.make_site(tmp_path / "colab")
+    content = tmp_path / "content"
+    content.mkdir()
+    env = colab.base_env({**builder.environment(hub, sms_url), **colab.colab_env(site, content),
+                          "COURSE_PROFILE": "colab", "COURSE_ALLOW_CPU": "1", "COURSE_OVERRIDE": OVERRIDE,
+                          "COURSE_REPO": course_repo.as_uri(), **extra})
+    before = _venv_state()
+    nb, seconds, probe = colab.execute(course_repo / "notebooks" / NOTEBOOKS[key].name, content, env,
+                                       tmp_path / "executed" / NOTEBOOKS[key].name)
+    TIMES[" ".join([key, "colab", extra.get("COURSE_MIXED_PRECISION", "")]).strip()] = seconds
+    clone = content / "course"
+    assert Path(probe["utils"]).resolve().is_relative_to(clone.resolve()), \
+        f"utils was imported from {probe['utils']}, not from the notebook's own clone {clone}"
+    assert _venv_state() == before, "the setup cell's pip install changed the installed packages"
+    return nb, clone
+
+
+# Checked lines that state a result the stand-ins' random weights cannot promise (quality, not code paths).
+QUALITY_CLAIM = re.compile(r"beats|went down|better than|improves", re.IGNORECASE)
+
+
+def broken_invariants(nb) -> list[str]:
+    """Lines of the notebook's checked cells (# NBVAL_CHECK_OUTPUT) that end in ': False', but for quality claims:
+    the invariants (reloaded = trained, adapters off = base, merged = unmerged, ...) must hold on any weights."""
+    bad = []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code" and "NBVAL_CHECK_OUTPUT" in cell.source:
+            text = "".join(o.get("text", "") for o in cell.get("outputs", []))
+            bad += [f"cell {i}: {line.strip()}" for line in text.splitlines()
+                    if re.search(r":\s*False\s*$", line) and not QUALITY_CLAIM.search(line)]
+    return bad
+
+
+def _results(clone: Path, stem: str) -> dict:
+    path = clone / "results" / f"{stem}.json"
+    assert path.exists(), f"{stem} wrote no results/{path.name}"
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("key, precision", [("01", None), ("02", "bf16"), ("03", "bf16"), ("05", "bf16")])
+def test_notebook_alone_on_colab_cpu_runtime(key, precision, tmp_path, hub, sms_url, course_repo):
+    extra = {"COURSE_MIXED_PRECISION": precision} if precision else {}
+    nb, clone = run_on_colab(key, tmp_path, hub, sms_url, course_repo, **extra)
+    text = colab.outputs_text(nb)
+    assert re.search(r"profile\s*: colab", text), "the banner does not state the colab profile"
+    assert broken_invariants(nb) == [], f"checked invariants print False ({precision or 'fp32'} run)"
+    saved = _results(clone, NOTEBOOKS[key].stem)
+    assert saved["profile"] == "colab"
+    CLONES[key] = clone
+
+
+def test_notebook_04_alone_says_it_holds_none_of_the_students_predictions(tmp_path, hub, sms_url, course_repo):
+    nb, _ = run_on_colab("04", tmp_path, hub, sms_url, course_repo)
+    text = colab.outputs_text(nb)
+    assert re.search(r"\byour own\b", text, re.IGNORECASE) and "02" in text and "03" in text, \
+        ("notebook 04, alone on Colab (its clone holds only the course's committed predictions), must say that it "
+         "holds none of your own predictions and what to do (run 02 and 03, or point it at their results)")
+
+
+def test_notebook_04_alone_analyses_the_predictions_it_is_pointed_at(tmp_path, hub, sms_url, course_repo):
+    """The student's own runs of 02 and 03 (above, each on its own Colab VM), copied to a folder (their Drive)
+    that COURSE_PREDICTIONS_DIR names: notebook 04, alone on a fresh VM, analyses those."""
+    if not {"02", "03"} <= set(CLONES):
+        pytest.skip("needs notebooks 02 and 03 to have run above (see their failures)")
+    drive = tmp_path / "drive" / "MyDrive" / "course-runs"
+    drive.mkdir(parents=True)
+    for key in ("02", "03"):
+        for f in (CLONES[key] / "results").glob(f"{NOTEBOOKS[key].stem}*"):
+            shutil.copy2(f, drive / f.name)
+    nb, _ = run_on_colab("04", tmp_path, hub, sms_url, course_repo, COURSE_PREDICTIONS_DIR=str(drive))
+    text = colab.outputs_text(nb)
+    assert "02 ran on colab" in text and "03 ran on colab" in text, "04 did not read the runs it was pointed at"
+    assert not re.search(r"NOT YOURS", text), "04 calls the student's own predictions the course's"
+    assert broken_invariants(nb) == []
+
+
+def test_notebook_01_on_a_laptop_online_without_gpu(tmp_path, hub, sms_url, course_repo):
+    clone = tmp_path / "course"
+    subprocess.run(["git", "clone", "-q", course_repo.as_uri(), str(clone)], check=True)
+    env = colab.base_env({**builder.environment(hub, sms_url), "COURSE_PROFILE": "laptop",
+                          "COURSE_OVERRIDE": OVERRIDE})
+    name = NOTEBOOKS["01"].name
+    nb, seconds, probe = colab.execute(clone / "notebooks" / name, clone / "notebooks", env,
+                                       tmp_path / "executed" / name)
+    TIMES["01 laptop"] = seconds
+    text = colab.outputs_text(nb)
+    assert re.search(r"profile\s*: laptop", text), "the banner does not state the laptop profile"
+    assert broken_invariants(nb) == []
+    assert "openai-community/gpt2" in text
+    assert "real SMS Spam Collection, downloaded" in text
+    assert _results(clone, NOTEBOOKS["01"].stem)["profile"] == "laptop"
+
+
+# ----------------------------------------------------------------------------------------------
+# The stand-ins behave like the real ids where the course depends on it (seconds, in-process)
+# ----------------------------------------------------------------------------------------------
+
+def _tokenizer(hub: Path, repo_id: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(repo_id, cache_dir=hub / "hub", local_files_only=True)
+
+
+def test_stand_in_tokenizers_keep_the_real_special_tokens(hub):
+    gpt2 = _tokenizer(hub, builder.GPT2)
+    assert gpt2.pad_token is None and gpt2.eos_token == gpt2.bos_token == "<|endoftext|>"
+    assert gpt2("Hello there")["input_ids"][0] != gpt2.bos_token_id          # GPT-2 adds no BOS
+    t5 = _tokenizer(hub, builder.FLAN_T5)
+    assert (t5.pad_token, t5.pad_token_id, t5.eos_token, t5.eos_token_id) == ("<pad>", 0, "</s>", 1)
+    assert t5("Hello there")["input_ids"][-1] == 1                            # T5 appends </s>
+    llama = _tokenizer(hub, builder.LLAMA)
+    assert llama.pad_token is None and llama.eos_token == "<|eot_id|>"
+    assert llama("Hello")["input_ids"][0] == llama.bos_token_id == llama.convert_tokens_to_ids("<|begin_of_text|>")
+    chat = llama.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+    assert chat.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date:")
+    assert chat.endswith("Hi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+    for repo_id in (builder.QWEN, builder.SMOLLM2):
+        tok = _tokenizer(hub, repo_id)
+        chat = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+        assert chat.startswith("<|im_start|>system\n")
+        assert chat.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+        assert tok.eos_token == "<|im_end|>"
+
+
+def test_dialogsum_is_in_the_hubs_layout(hub):
+    import csv
+
+    snap = next((hub / "hub" / "datasets--knkarthick--dialogsum" / "snapshots").iterdir())
+    for split in ("train", "validation", "test"):
+        rows = list(csv.DictReader((snap / f"{split}.csv").open()))
+        assert list(rows[0]) == ["id", "dialogue", "summary", "topic"]
+    ids = [r["id"] for r in rows]                                              # the test split
+    assert len(ids) == 3 * len({i.rsplit("_", 1)[0] for i in ids}) and ids[:3] == ["test_1_1", "test_1_2", "test_1_3"]
+
+
+def test_the_sms_zip_is_served_as_uci_ships_it(hub, sms_url):
+    import io
+    import urllib.request
+    import zipfile
+
+    with urllib.request.urlopen(sms_url, timeout=10) as r:
+        names = zipfile.ZipFile(io.BytesIO(r.read())).namelist()
+    assert "SMSSpamCollection" in names
+
+
+FALLBACK = """
+from utils.models import check_llm_access, load_causal_lm_4bit
+from utils.generate import generate_summaries
+check_llm_access("meta-llama/Llama-3.2-3B-Instruct", "Qwen/Qwen2.5-3B-Instruct", None)   # resolves: no exception
+model, tok = load_causal_lm_4bit("Qwen/Qwen2.5-3B-Instruct")
+out = generate_summaries(model, tok, ["#Person1#: Hi.\\n#Person2#: Hello, how can I help?"], 4, batch_size=1)
+print("OK", type(model).__name__, tok.pad_token, len(out))
+"""
+
+
+def test_the_ungated_fallback_loads_in_4bit_and_summarises(hub, tmp_path):
+    """COURSE_LLM=Qwen/Qwen2.5-3B-Instruct (the fallback the gated-model message offers) on the real path's loader."""
+    env = colab.base_env({**builder.environment(hub), "PYTHONPATH": str(ROOT)})
+    out = subprocess.run([sys.executable, "-c", FALLBACK], env=env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "OK Qwen2ForCausalLM <|endoftext|> 1" in out.stdout

@@ -1,0 +1,173 @@
+"""Plain-PyTorch LoRA training and held-out evaluation for chapter 5, and the rule that decides which
+differences of an ablation are findings.
+
+* :func:`fixed_batches`: the same batches, in the same order, for every configuration (or a reshuffled
+  order per seed, for the noise-floor repeat);
+* :func:`summary_nll`: the summed loss on the summary tokens only, computing the vocabulary projection only
+  where a label exists (a quarter of the positions: a decoder step on a CPU is 15-20 % cheaper);
+* :func:`train_steps` / :func:`held_out_losses`: AdamW steps; per-dialogue mean loss on held-out dialogues;
+* :func:`judge`: a difference between two configurations counts as a finding only when it exceeds the
+  seed-to-seed noise floor (by a stated margin) *and* its paired bootstrap interval over the held-out
+  dialogues excludes zero. Everything else is reported as "not resolved".
+
+The ablation program (``python -m experiments.ablation``) and notebook 05 both use these functions.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .prompts import IGNORE_INDEX
+
+
+def fixed_batches(examples: list[dict], steps: int, batch_size: int, collate, seed: int | None = None) -> list[dict]:
+    """``steps`` batches drawn from ``examples`` epoch after epoch. ``seed=None``: the list's own order
+    (every run sees the same data); an int: each epoch is shuffled with a generator of that seed."""
+    if steps <= 0 or batch_size <= 0 or not examples:
+        raise ValueError(f"need steps > 0, batch_size > 0 and examples; got {steps}, {batch_size}, {len(examples)}")
+    order: list[dict] = []
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    while len(order) < steps * batch_size:
+        idx = torch.randperm(len(examples), generator=gen).tolist() if gen is not None else range(len(examples))
+        order += [examples[i] for i in idx]
+    order = order[: steps * batch_size]
+    return [collate(order[i:i + batch_size]) for i in range(0, len(order), batch_size)]
+
+
+def summary_nll(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example summed negative log-likelihood of the labelled tokens, and their count.
+
+    Equal to the loss transformers computes from ``labels`` (shifted by one, IGNORE_INDEX skipped), but the
+    output head runs only at the positions that predict a label (``logits_to_keep`` as a boolean mask)."""
+    dev = next(model.parameters()).device
+    ids, mask, labels = (batch[k].to(dev) for k in ("input_ids", "attention_mask", "labels"))
+    target = labels[:, 1:]
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = target != IGNORE_INDEX
+    logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits   # (n kept, vocab)
+    nll = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels[:, 1:][keep[:, :-1]],
+                                            reduction="none")
+    row = torch.arange(labels.shape[0], device=dev)[:, None].expand_as(keep)[keep]
+    per_example = torch.zeros(labels.shape[0], device=dev, dtype=nll.dtype).index_add(0, row, nll)
+    return per_example, keep.sum(1)
+
+
+def adamw(model, lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+
+
+def train_steps(model, batches, lr: float | None = None, optimizer=None, model_loss: bool = False) -> list[float]:
+    """One optimizer step per batch, loss = mean over the batch's summary tokens; AdamW on the trainable
+    parameters at ``lr`` unless an ``optimizer`` is passed (to continue a run). ``model_loss``: use the model's
+    own loss (``labels`` in the batch, logits at every position), as a Trainer would: what a memory measurement
+    should see. Returns every step's loss."""
+    if (lr is None) == (optimizer is None):
+        raise ValueError("pass either lr (a fresh AdamW) or optimizer (to continue a run), not both or neither")
+    opt = optimizer or adamw(model, lr)
+    model.train()
+    losses = []
+    dev = next(model.parameters()).device
+    for batch in batches:
+        if model_loss:
+            loss = model(**{k: v.to(dev) for k, v in batch.items()}).loss
+        else:
+            total, count = summary_nll(model, batch)
+            loss = total.sum() / count.sum()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return losses
+
+
+@torch.no_grad()
+def held_out_losses(model, examples: list[dict], collate, batch_size: int = 8) -> np.ndarray:
+    """Mean loss per summary token, for each held-out example (eval mode: no dropout)."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(examples), batch_size):
+        total, count = summary_nll(model, collate(examples[i:i + batch_size]))
+        out += (total / count).tolist()
+    model.train(was_training)
+    return np.asarray(out)
+
+
+# ----------------------------------------------------------------------------- comparing two models' logits
+
+def logits_agree(a: torch.Tensor, b: torch.Tensor, ulps: int = 1024) -> tuple[bool, dict]:
+    """Do two runs of "the same" model agree, on any CPU or GPU? Float rounding differs between kernels
+    (AVX2 / AVX-512 / CUDA), and a merged weight W + s BA is rounded once where the adapter path rounds twice, so a
+    fixed absolute tolerance is a property of one machine. Agreement here means (1) every difference is below
+    ``ulps`` units of the dtype's epsilon times the logits' scale (max |a|), and (2) the greedy token (argmax)
+    is the same at every position where the top two logits of ``a`` are further apart than that tolerance (a
+    closer call is a tie that rounding may break either way). Returns the verdict and the measured figures."""
+    a, b = a.detach().float(), b.detach().float()
+    if a.shape != b.shape:
+        raise ValueError(f"logits of different shapes: {tuple(a.shape)} and {tuple(b.shape)}")
+    scale = float(a.abs().max())
+    tol = ulps * torch.finfo(a.dtype if a.dtype.is_floating_point else torch.float32).eps * max(scale, 1.0)
+    diff = float((a - b).abs().max())
+    top2 = a.topk(2, dim=-1).values
+    clear = (top2[..., 0] - top2[..., 1]) > tol
+    same_argmax = bool((a.argmax(-1) == b.argmax(-1))[clear].all())
+    return diff <= tol and same_argmax, {"max |difference|": diff, "tolerance": tol, "logit scale": scale,
+                                         "positions compared": int(clear.sum()), "positions": int(clear.numel())}
+
+
+# ----------------------------------------------------------------------------- what counts as a finding
+
+NOISE_MARGIN = 2.0        # a finding must exceed NOISE_MARGIN x the seed-to-seed difference
+
+
+@dataclass(frozen=True)
+class Verdict:
+    a: str
+    b: str
+    difference: float           # mean held-out loss of a - of b (negative: a is better)
+    low: float                  # 95 % paired bootstrap interval over held-out dialogues
+    high: float
+    noise_floor: float          # |difference| between two seeds of one configuration
+    resolved: bool
+
+    def sentence(self) -> str:
+        better, worse = (self.a, self.b) if self.difference < 0 else (self.b, self.a)
+        ci = f"[{self.low:+.4f}, {self.high:+.4f}]"
+        if self.resolved:
+            return f"{better} beats {worse} by {abs(self.difference):.4f} (95 % CI {ci}; seed noise {self.noise_floor:.4f})"
+        return (f"{self.a} vs {self.b}: {self.difference:+.4f} {ci}, not resolved "
+                f"(needs > {NOISE_MARGIN:g} x seed noise {self.noise_floor:.4f} and a CI without 0)")
+
+
+def judge(losses: dict[str, np.ndarray], a: str, b: str, noise_floor: float, seed: int = 0) -> Verdict:
+    """Compare configurations ``a`` and ``b`` by their per-dialogue held-out losses (same dialogues, same
+    order). Resolved when |mean difference| > NOISE_MARGIN x ``noise_floor`` and the paired bootstrap 95 %
+    interval excludes zero: both the training noise (seed) and the choice of dialogues are beaten."""
+    from .analysis import paired_bootstrap
+
+    x, y = np.asarray(losses[a], float), np.asarray(losses[b], float)
+    iv = paired_bootstrap(x, y, seed=seed)
+    diff = float(x.mean() - y.mean())
+    resolved = abs(diff) > NOISE_MARGIN * noise_floor and iv.excludes_zero()
+    return Verdict(a, b, diff, float(iv.low), float(iv.high), float(noise_floor), bool(resolved))
+
+
+def load_ablation(path) -> dict:
+    """The committed ablation results (``results/ablation.json``), checked for the keys the notebook reads."""
+    from pathlib import Path
+
+    path = Path(path)
+    redo = "Run `make experiments-ablation` (about 20-40 minutes on 2 CPU cores) to write it."
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing. {redo}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is damaged (not valid JSON: {e}). {redo}") from None
+    missing = {"provenance", "configs", "base", "noise", "reproduce"} - set(data)
+    if missing:
+        raise ValueError(f"{path} lacks {sorted(missing)}: it was written by another version of the program. {redo}")
+    return data
