@@ -109,3 +109,16 @@ def test_logits_agree_tolerates_rounding_not_changes():
     assert not logits_agree(a, a + 0.05)[0]                                       # a real shift
     with pytest.raises(ValueError, match="different shapes"):
         logits_agree(a, a[:1])
+
+
+def test_a_verdict_reports_the_difference_inside_its_own_interval():
+    """The difference a - b and its paired interval have the same sign (an interval of b - a once said
+    "+0.033 [-0.052, -0.014]")."""
+    import numpy as np
+
+    from utils.ablation import judge
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(2.0, 0.2, 40)
+    v = judge({"a": a, "b": a - 0.1 + rng.normal(0, 0.01, 40)}, "a", "b", noise_floor=0.01)
+    assert v.low <= v.difference <= v.high and v.difference > 0 and v.resolved

@@ -149,7 +149,7 @@ def judge(losses: dict[str, np.ndarray], a: str, b: str, noise_floor: float, see
     from .analysis import paired_bootstrap
 
     x, y = np.asarray(losses[a], float), np.asarray(losses[b], float)
-    iv = paired_bootstrap(x, y, seed=seed)
+    iv = paired_bootstrap(y, x, seed=seed)            # an interval of mean(x - y), the sign of `diff`
     diff = float(x.mean() - y.mean())
     resolved = abs(diff) > NOISE_MARGIN * noise_floor and iv.excludes_zero()
     return Verdict(a, b, diff, float(iv.low), float(iv.high), float(noise_floor), bool(resolved))
