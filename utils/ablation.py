@@ -160,7 +160,7 @@ def load_ablation(path) -> dict:
     from pathlib import Path
 
     path = Path(path)
-    redo = "Run `make experiments-ablation` (about 20-40 minutes on 2 CPU cores) to write it."
+    redo = "Run `make experiments-ablation` (about 7 minutes on 2 idle CPU cores) to write it."
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing. {redo}")
     try:
