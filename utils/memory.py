@@ -39,9 +39,18 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def _rss_peak_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 class PeakMemory:
-    """Peak memory inside a ``with`` block: the CUDA allocator's peak on a GPU, else the process RSS
-    sampled every 20 ms. ``peak_mb`` is the peak; ``delta_mb`` what the block added on top of the start."""
+    """Peak memory inside a ``with`` block: the CUDA allocator's peak on a GPU, else the process's peak RSS as
+    RSS sampled every 20 ms, and the kernel's record of the process's peak (VmHWM) where the block raised it
+    (which catches a peak shorter than the sampling interval; VmHWM is never reset, the process's own peak stays). ``peak_mb`` is the peak; ``delta_mb`` what the block added on top of the start."""
 
     def __init__(self, interval: float = 0.02):
         self.interval, self.peak_mb, self.start_mb, self.kind = interval, 0.0, 0.0, ""
@@ -55,6 +64,7 @@ class PeakMemory:
             self.start_mb = torch.cuda.memory_allocated() / 2**20
         else:
             self.kind = "process peak RSS"
+            self._hwm_start = _rss_peak_mb()
             self.start_mb = self.peak_mb = _rss_mb()
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
@@ -72,8 +82,12 @@ class PeakMemory:
         else:
             self._stop.set()
             self._thread.join()
-            self.peak_mb = max(self.peak_mb, _rss_mb())
+            self.peak_mb = max(self.peak_mb, _rss_mb(), self._block_hwm())
         return False
+
+    def _block_hwm(self) -> float:
+        hwm = _rss_peak_mb()
+        return hwm if hwm > self._hwm_start else 0.0      # the process peak, if it was reached inside the block
 
     @property
     def delta_mb(self) -> float:
