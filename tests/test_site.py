@@ -499,3 +499,89 @@ def test_the_browser_checks_catch_a_broken_site(toy_course, tmp_path):
     assert any("#nowhere -> no such anchor" in r for r in link_problems(crawl)), link_problems(crawl)
     assert any("example.org/remote.png" in r for r in network_problems(crawl)), network_problems(crawl)
     assert math_problems(crawl) == ["notebooks/01_first.html: TeX left untypeset: ['$x^2$']"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Search: the index built with the site, and the search page in the browser
+# ----------------------------------------------------------------------------------------------
+
+def test_search_index_points_at_real_sections_of_every_chapter(built):
+    by_page: dict[str, list[dict]] = {}
+    for entry in built.search:
+        page, frag = urldefrag(entry["url"])
+        by_page.setdefault(page, []).append(entry)
+        assert frag and (frag in course_site.page_refs(built.out / page).ids), f"{entry['url']}: no such section"
+    assert set(by_page) == {c.page for c in built.chapters}
+    for c in built.chapters:
+        titles = " | ".join(e["title"] for e in by_page[c.page])
+        headings = [line.lstrip("#").strip() for cell in nbformat.read(c.path, 4).cells if cell.cell_type == "markdown"
+                    for line in cell.source.splitlines() if line.startswith("## ") and "$" not in line and "`" not in line]
+        missing = [h for h in headings if h.replace("**", "") not in titles]
+        assert not missing, f"{c.page}: sections missing from the search index: {missing}"
+    index_js = (built.out / "assets" / "search-index.js").read_text()
+    assert index_js.startswith("window.COURSE_INDEX = ") and len(built.search) == index_js.count('"url": ')
+
+
+SEARCH_PROBE = r"""
+(async () => {
+  for (let i = 0; i < 50 && !document.getElementById('count').textContent; i++) await new Promise(r => setTimeout(r, 50));
+  return {count: document.getElementById('count').textContent,
+          hits: [...document.querySelectorAll('#hits li a')].map(a => a.href),
+          titles: [...document.querySelectorAll('#hits li a')].map(a => a.textContent)};
+})()
+"""
+
+
+@pytest.fixture(scope="module")
+def searched(built, tmp_path_factory):
+    """The search page in headless Chromium: two queries typed in the URL, one through a notebook page's search box."""
+    chromium = require_chromium()
+    server = _serve(built.out)
+    base = f"http://127.0.0.1:{server.server_address[1]}/"
+    proc, ws_url = _launch(chromium, tmp_path_factory.mktemp("chromium-search"))
+    cdp = DevTools(ws_url)
+    try:
+        for domain in ("Page", "Runtime"):
+            cdp.send(f"{domain}.enable")
+        out = {}
+        for q in ("double quantization", "zzqxv nonsense"):
+            start = len(cdp.events)
+            cdp.send("Page.navigate", url=base + "search.html?q=" + q.replace(" ", "%20"))
+            cdp.wait_for("Page.loadEventFired", start)
+            out[q] = cdp.evaluate(SEARCH_PROBE)
+        page = built.chapters[-1].page                 # the box in a notebook page's navigation bar
+        start = len(cdp.events)
+        cdp.send("Page.navigate", url=base + page)
+        cdp.wait_for("Page.loadEventFired", start)
+        start = len(cdp.events)
+        cdp.evaluate("(() => { const f = document.querySelector('form.search'); f.q.value = 'merge adapter'; "
+                     "f.submit(); return true; })()")
+        cdp.wait_for("Page.loadEventFired", start)
+        out["box"] = cdp.evaluate(SEARCH_PROBE)
+        out["box"]["url"] = cdp.evaluate("location.href")
+        out["ids"] = {c.page: course_site.page_refs(built.out / c.page).ids for c in built.chapters}
+        out["base"] = base
+    finally:
+        cdp.close()
+        proc.kill()
+        server.shutdown()
+    return out
+
+
+def test_search_finds_a_topic_and_links_to_its_section(searched):
+    res, base = searched["double quantization"], searched["base"]
+    assert res["hits"] and int(res["count"].split()[0]) >= len(res["hits"]), res
+    assert any("quantization" in t.lower() for t in res["titles"][:3]), res["titles"][:5]
+    for href in res["hits"]:
+        target, frag = urldefrag(href)
+        page = unquote(target[len(base):])
+        assert frag in searched["ids"][page] or unquote(frag) in searched["ids"][page], f"{href}: no such section"
+
+
+def test_search_says_when_nothing_matches(searched):
+    assert searched["zzqxv nonsense"] == {"count": "0 sections match", "hits": [], "titles": []}
+
+
+def test_search_box_of_a_notebook_page_opens_the_results(searched):
+    box = searched["box"]
+    assert "/search.html?q=merge+adapter" in box["url"] and box["hits"], box

@@ -10,6 +10,9 @@
   LaTeX of the markdown cells becomes MathML at build time (latex2mathml), so no MathJax from a CDN;
   the Colab badge is a local copy; links to other notebooks point at their pages.
 * ``gallery.html``: every figure of ``img/``, grouped by chapter.
+* ``search.html``: full-text search over every section of every notebook page (headings, text, code,
+  outputs), from an index built with the site (``assets/search-index.js``, a script rather than JSON so
+  that it loads from ``file://``); every page's navigation bar has a search box.
 
 Every link is relative, so the folder works from ``file://`` as well as from any static host. The
 build checks that each internal link and image of every page points at a file of the site (and each
@@ -118,6 +121,10 @@ table.profiles th, table.profiles td { border: 1px solid var(--line); padding: .
 .gallery { display: grid; grid-template-columns: repeat(auto-fill, minmax(320px, 1fr)); gap: 1.2em; }
 .gallery figure { margin: 0; background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: .6em; }
 .missing { color: #b00020; }
+.course-nav form.search input { font: 13px system-ui, "DejaVu Sans", sans-serif; padding: .2em .5em; width: 13em;
+  border: 1px solid #546e7a; border-radius: 4px; background: #37474f; color: #fff; }
+#q { font-size: 1.1em; padding: .4em .6em; width: min(36em, 100%); }
+ol.hits li { margin: .8em 0; } ol.hits li p { margin: .2em 0; color: var(--muted); font-size: .92em; }
 @media (max-width: 820px) { .chapter { grid-template-columns: 1fr; } }
 """
 
@@ -310,6 +317,9 @@ def _nav(chapters: list[Chapter], prefix: str, here: str | None) -> str:
     items = [link("index.html", "Course", "index")]
     items += [link(c.page, c.number, c.stem) for c in chapters]
     items.append(link("gallery.html", "Figures", "gallery"))
+    items.append(link("search.html", "Search", "search"))
+    items.append(f'<form class="search" action="{prefix}search.html" role="search"><input name="q" type="search" '
+                 'placeholder="Search the course" aria-label="Search the course"></form>')
     return '<nav class="course-nav">' + " ".join(items) + "</nav>"
 
 
@@ -480,6 +490,109 @@ class _Links:
 
 
 # ----------------------------------------------------------------------------------------------
+# Search: an index of every section of every notebook page, and a page that queries it
+# ----------------------------------------------------------------------------------------------
+
+class _Sections(HTMLParser):
+    """A rendered notebook page cut at its headings: (id, heading, text up to the next heading)."""
+    HEADINGS, SKIP = ("h1", "h2", "h3", "h4"), ("style", "script", "head", "nav")
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.sections: list[list] = [["", "", []]]
+        self._heading, self._skip = None, 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self.SKIP:
+            self._skip += 1
+        elif tag in self.HEADINGS and dict(attrs).get("id"):
+            self._heading = tag
+            self.sections.append([dict(attrs)["id"], "", []])
+        elif tag == "a" and "anchor-link" in (dict(attrs).get("class") or ""):
+            self._skip += 1                       # nbconvert's pilcrow after each heading
+
+    def handle_endtag(self, tag):
+        if tag in self.SKIP or (tag == "a" and self._skip and self._heading):
+            self._skip = max(0, self._skip - 1)
+        elif tag == self._heading:
+            self._heading = None
+
+    def handle_data(self, data):
+        if self._skip:
+            return
+        if self._heading:
+            self.sections[-1][1] += data
+        else:
+            self.sections[-1][2].append(data)
+
+
+URL_SAFE = "!$&'()*+,;=:@/?-._~%"   # kept as they are in a fragment (nbconvert's ids are already %-encoded)
+SEARCH_TEXT_CHARS = 4000        # per section: enough for its prose and the start of its outputs
+
+
+def search_index(out: Path, chapters: list[Chapter]) -> list[dict]:
+    """One entry per heading of every notebook page: its url (with the heading's id), chapter, title, text."""
+    from urllib.parse import quote
+
+    entries = []
+    for c in chapters:
+        parser = _Sections()
+        parser.feed((out / c.page).read_text(encoding="utf-8"))
+        for anchor, title, text in parser.sections:
+            title, text = " ".join(title.split()), " ".join(" ".join(text).split())
+            if anchor and title:
+                entries.append({"url": f"{c.page}#{quote(anchor, safe=URL_SAFE)}", "chapter": c.number,
+                                "title": title, "text": text[:SEARCH_TEXT_CHARS]})
+    return entries
+
+
+SEARCH_JS = r"""(function () {
+  const input = document.getElementById('q'), hits = document.getElementById('hits'),
+        count = document.getElementById('count'), index = window.COURSE_INDEX || [];
+  function run(query) {
+    const terms = query.toLowerCase().split(/\s+/).filter(t => t.length > 1);
+    hits.replaceChildren();
+    count.textContent = terms.length ? '' : index.length + ' sections indexed: type a word or two.';
+    if (!terms.length) return;
+    const found = [];
+    for (const s of index) {
+      const title = s.title.toLowerCase(), text = s.text.toLowerCase();
+      if (!terms.every(t => title.includes(t) || text.includes(t))) continue;
+      const score = terms.reduce((n, t) => n + (title.includes(t) ? 20 : 0) + text.split(t).length - 1, 0);
+      found.push([score, s]);
+    }
+    found.sort((a, b) => b[0] - a[0]);
+    count.textContent = found.length + (found.length === 1 ? ' section matches' : ' sections match');
+    for (const [, s] of found.slice(0, 40)) {
+      const li = document.createElement('li'), a = document.createElement('a'), p = document.createElement('p');
+      a.href = s.url;
+      a.textContent = s.chapter + ' \u00b7 ' + s.title;
+      const at = s.text.toLowerCase().indexOf(terms[0]), from = Math.max(0, at - 80);
+      p.textContent = (from > 0 ? '\u2026' : '') + s.text.slice(from, from + 240) + '\u2026';
+      li.append(a, p);
+      hits.append(li);
+    }
+  }
+  input.value = new URLSearchParams(location.search).get('q') || '';
+  run(input.value);
+  input.addEventListener('input', () => run(input.value));
+})();
+"""
+
+
+def search_page(chapters: list[Chapter], n_sections: int) -> str:
+    body = ("<h1>Search</h1>"
+            f'<p class="facts">Every section of the {len(chapters)} notebooks ({n_sections} sections: their text, code '
+            "and outputs as committed), searched in your browser; no server, no network. A section matches when it "
+            "holds every word you type; sections whose heading holds them come first.</p>"
+            '<form action="search.html" role="search"><input id="q" name="q" type="search" '
+            'placeholder="e.g. double quantization" aria-label="Search the course" autofocus></form>'
+            '<p id="count" class="facts"></p><ol id="hits" class="hits"></ol>'
+            '<script src="assets/search-index.js"></script><script src="assets/search.js"></script>')
+    return _page("Search", body, _nav(chapters, "", "search"))
+
+
+# ----------------------------------------------------------------------------------------------
 # Checking the built site without a browser
 # ----------------------------------------------------------------------------------------------
 
@@ -553,6 +666,7 @@ class Site:
     images: list[str]
     pages: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    search: list[dict] = field(default_factory=list)
 
 
 def build(out: Path | str = ROOT / "_site", root: Path | str = ROOT) -> Site:
@@ -606,7 +720,12 @@ def build(out: Path | str = ROOT / "_site", root: Path | str = ROOT) -> Site:
 
     (out / "index.html").write_text(landing_page(chapters, md, root), encoding="utf-8")
     (out / "gallery.html").write_text(gallery_page(chapters, images, root), encoding="utf-8")
-    site.pages[:0] = ["index.html", "gallery.html"]
+    site.search = search_index(out, chapters)
+    (out / "assets" / "search-index.js").write_text(
+        "window.COURSE_INDEX = " + json.dumps(site.search, ensure_ascii=False) + ";\n", encoding="utf-8")
+    (out / "assets" / "search.js").write_text(SEARCH_JS, encoding="utf-8")
+    (out / "search.html").write_text(search_page(chapters, len(site.search)), encoding="utf-8")
+    site.pages[:0] = ["index.html", "gallery.html", "search.html"]
     site.problems += [f"formula not converted: {e}" for e in md.errors]
     site.problems += check_site(out)
     return site
