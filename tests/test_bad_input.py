@@ -23,7 +23,7 @@ import pytest
 import utils.data as data
 import utils.results as results
 from utils.data import DataError, load_dialogsum, load_sms
-from utils.finetune import ConfigError, load_config, main, make_plan
+from scripts.finetune import ConfigError, load_config, main, make_plan
 from utils.metrics import rouge
 from utils.results import ResultsError, load_results, load_run, save_predictions, save_run
 
@@ -405,7 +405,7 @@ def test_a_broken_sms_download_replaces_nothing(sms_download):
 
 @pytest.fixture
 def no_model(monkeypatch):
-    import utils.finetune as ft
+    import scripts.finetune as ft
 
     def forbidden(*a, **k):
         raise AssertionError("a model was loaded although a check should have stopped the run")

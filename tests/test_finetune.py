@@ -1,4 +1,4 @@
-"""utils.finetune: notebook 03's recipe as a script, launched by Accelerate on 2 CPU processes (gloo).
+"""scripts.finetune: notebook 03's recipe as a script, launched by Accelerate on 2 CPU processes (gloo).
 
 Offline, on SmolLM2-135M-Instruct (the dense fp32 checkpoint on a CPU, same LoRA code), on tiny
 settings: 4 training dialogues, a global batch of 2 (so 2 optimizer steps), max_length 128. Four
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from utils.finetune import (ALLOWED_KEYS, INTERRUPTED_EXIT_CODE, ConfigError, adapter_fingerprint, load_config,
+from scripts.finetune import (ALLOWED_KEYS, INTERRUPTED_EXIT_CODE, ConfigError, adapter_fingerprint, load_config,
                             main, make_plan, read_adapter)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +48,7 @@ def _free_port() -> int:
 def finetune(out: Path, *extra: str, processes: int = 1, evaluate: bool = False) -> subprocess.CompletedProcess:
     """One run of the CLI (under `accelerate launch` when processes > 1), output in ``out``."""
     sets = [f"--set={s}" for s in (*TINY, f"output_dir={out}", f"evaluate={str(evaluate).lower()}", *extra)]
-    cli = ["-m", "utils.finetune", "--config", str(SMOKE), *sets]
+    cli = ["-m", "scripts.finetune", "--config", str(SMOKE), *sets]
     if processes > 1:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_2PROC),
                "--num_processes", str(processes), "--main_process_port", str(_free_port()), *cli]
@@ -178,7 +178,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_adapter(runs, one_process)
 @pytest.fixture
 def no_model(monkeypatch):
     """Any attempt to load a model fails the test; the data folder is the bundled one."""
-    import utils.finetune as ft
+    import scripts.finetune as ft
 
     def forbidden(*a, **k):
         raise AssertionError("a model was loaded although the config is wrong")
@@ -231,7 +231,7 @@ def test_bad_config_fails_fast_from_the_command_line(tmp_path):
     cfg = tmp_path / "bad.toml"
     cfg.write_text("lora_rank = 8\n")
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "utils.finetune", "--config", str(cfg)], cwd=ROOT, env=_env(),
+    done = subprocess.run([sys.executable, "-m", "scripts.finetune", "--config", str(cfg)], cwd=ROOT, env=_env(),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "unknown key 'lora_rank'. Did you mean 'lora_r'?" in done.stderr
     assert "model        :" not in done.stdout and time.perf_counter() - t0 < 30

@@ -50,6 +50,8 @@ OVERRIDE = ",".join([
     "ablation.memory_batch=1", "ablation.memory_seq=32", "ablation.adapter_steps=1", "ablation.train=4",
     "ablation.eval=2", "ablation.rouge_eval=2", "ablation.rouge_all=false", "ablation.steps=1",
     "ablation.batch_size=2", "ablation.max_length=256", "ablation.max_new_tokens=8", "ablation.alpha_ranks=16",
+    "mistakes.train=4", "mistakes.heldout=2", "mistakes.steps=2", "mistakes.batch_size=2", "mistakes.max_length=256",
+    "mistakes.generate=2", "mistakes.max_new_tokens=8",
 ])
 TIMES: dict[str, float] = {}
 CLONES: dict[str, Path] = {}           # notebook -> the clone it ran in (its results/), for notebook 04
@@ -132,7 +134,7 @@ def _results(clone: Path, stem: str) -> dict:
     return json.loads(path.read_text())
 
 
-@pytest.mark.parametrize("key, precision", [("01", None), ("02", "bf16"), ("03", "bf16"), ("05", "bf16")])
+@pytest.mark.parametrize("key, precision", [("01", None), ("02", "bf16"), ("03", "bf16"), ("05", "bf16"), ("06", None)])
 def test_notebook_alone_on_colab_cpu_runtime(key, precision, tmp_path, hub, sms_url, course_repo):
     extra = {"COURSE_MIXED_PRECISION": precision} if precision else {}
     nb, clone = run_on_colab(key, tmp_path, hub, sms_url, course_repo, **extra)

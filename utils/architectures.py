@@ -62,7 +62,8 @@ OTHER_MODELS = {
     "google/flan-t5-base": dict(
         model_type="t5", d_model=768, d_ff=2048, d_kv=64, num_heads=12, num_layers=12, num_decoder_layers=12,
         vocab_size=32128, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-        relative_attention_num_buckets=32, relative_attention_max_distance=128),
+        relative_attention_num_buckets=32, relative_attention_max_distance=128, dropout_rate=0.1,
+        layer_norm_epsilon=1e-6, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0),
 }
 
 

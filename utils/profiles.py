@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 PROFILE_NAMES = ("smoke", "laptop", "colab", "full")
-SECTIONS = ("spam", "summary", "qlora", "ablation")     # the size tables COURSE_OVERRIDE may change
+SECTIONS = ("spam", "summary", "qlora", "ablation", "mistakes")     # the size tables COURSE_OVERRIDE may change
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,19 @@ class AblationSizes:
 
 
 @dataclass(frozen=True)
+class MistakeSizes:
+    """Chapter 6: each mistake's short LoRA run on SmolLM2-135M (the same batches, in the same order, for every run)."""
+    train: int                 # training dialogues
+    heldout: int               # validation dialogues: the held-out loss per summary token
+    steps: int                 # optimizer steps per run
+    batch_size: int
+    max_length: int            # prompt + summary tokens (the dialogue is shortened, never the summary)
+    lr: float                  # the LoRA learning rate of the reference (fixed) run
+    generate: int              # held-out dialogues generated greedily (does the output stop by itself?)
+    max_new_tokens: int
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     description: str
@@ -99,6 +112,7 @@ class Profile:
     summary: SummarySizes
     qlora: QLoRASizes
     ablation: AblationSizes
+    mistakes: MistakeSizes
     notes: dict = field(default_factory=dict)
     needs_gpu: bool = False    # fine-tunes a 3B model: utils.start() stops on a CPU unless COURSE_ALLOW_CPU=1
     overrides: tuple = ()      # "section.field=value" applied from COURSE_OVERRIDE, in order
@@ -134,6 +148,8 @@ PROFILES: dict[str, Profile] = {
         ablation=AblationSizes(memory_batch=2, memory_seq=128, adapter_steps=3, train=6, eval=6, rouge_eval=3,
                                rouge_all=False, steps=3, batch_size=2, max_length=128, max_new_tokens=24,
                                lr=1e-3, alpha_ranks=(16,)),
+        mistakes=MistakeSizes(train=8, heldout=6, steps=8, batch_size=2, max_length=160, lr=1e-3, generate=4,
+                              max_new_tokens=64),
     ),
     "laptop": Profile(
         name="laptop",
@@ -154,6 +170,8 @@ PROFILES: dict[str, Profile] = {
         ablation=AblationSizes(memory_batch=2, memory_seq=128, adapter_steps=3, train=8, eval=8, rouge_eval=4,
                                rouge_all=False, steps=4, batch_size=2, max_length=256, max_new_tokens=32,
                                lr=1e-3, alpha_ranks=(16,)),
+        mistakes=MistakeSizes(train=8, heldout=6, steps=8, batch_size=2, max_length=160, lr=1e-3, generate=4,
+                              max_new_tokens=64),
     ),
     "colab": Profile(
         name="colab",
@@ -173,6 +191,8 @@ PROFILES: dict[str, Profile] = {
         ablation=AblationSizes(memory_batch=4, memory_seq=512, adapter_steps=30, train=400, eval=50, rouge_eval=50,
                                rouge_all=True, steps=200, batch_size=4, max_length=512, max_new_tokens=64,
                                lr=2e-4, alpha_ranks=(4, 8, 16, 32)),
+        mistakes=MistakeSizes(train=64, heldout=20, steps=40, batch_size=4, max_length=384, lr=1e-3, generate=10,
+                              max_new_tokens=96),
         needs_gpu=True,
     ),
     "full": Profile(
@@ -194,6 +214,8 @@ PROFILES: dict[str, Profile] = {
         ablation=AblationSizes(memory_batch=4, memory_seq=1024, adapter_steps=100, train=2000, eval=200,
                                rouge_eval=200, rouge_all=True, steps=250, batch_size=8, max_length=768,
                                max_new_tokens=96, lr=2e-4, alpha_ranks=(4, 8, 16, 32)),
+        mistakes=MistakeSizes(train=64, heldout=20, steps=40, batch_size=4, max_length=384, lr=1e-3, generate=10,
+                              max_new_tokens=96),
         needs_gpu=True,
     ),
 }

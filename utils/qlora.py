@@ -1,13 +1,15 @@
 """The QLoRA recipe of chapter 3, in one place: notebook 03 shows it step by step and the
-command-line fine-tuner reuses it. A 4-bit base (NF4 + double quantization), frozen and prepared
-with ``prepare_model_for_kbit_training``, LoRA on the attention projections, chat-template examples
-with the loss on the summary only, the Transformers ``Trainer`` with the brief's memory savers."""
+command-line fine-tuner (``scripts/finetune.py``) reuses it. A 4-bit base (NF4 + double quantization),
+frozen and prepared with ``prepare_model_for_kbit_training``, LoRA on the attention projections,
+chat-template examples with the loss on the summary only, the Transformers ``Trainer`` with the brief's
+memory savers."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
 
+from .planner import lora_parameter_count as planned_lora_count
 from .prompts import IGNORE_INDEX, build_chat_example, chat_prompt_ids
 
 
@@ -51,17 +53,9 @@ def add_lora(model, s: LoRASettings = LoRASettings(), gradient_checkpointing: bo
 
 
 def lora_parameter_count(config, s: LoRASettings = LoRASettings()) -> int:
-    """LoRA parameters of a Llama-family model from its configuration alone: r x (in + out) per target."""
-    h = config.hidden_size
-    head_dim = getattr(config, "head_dim", None) or h // config.num_attention_heads
-    q_out, kv = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
-    shapes = {"q_proj": (h, q_out), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q_out, h),
-              "gate_proj": (h, config.intermediate_size), "up_proj": (h, config.intermediate_size),
-              "down_proj": (config.intermediate_size, h)}
-    unknown = set(s.targets) - set(shapes)
-    if unknown:
-        raise ValueError(f"unknown target module(s) {sorted(unknown)}; known: {sorted(shapes)}")
-    return config.num_hidden_layers * sum(s.r * sum(shapes[t]) for t in s.targets)
+    """LoRA parameters of this recipe from a model's configuration alone: ``utils.planner.lora_parameter_count``
+    (r x (in + out) per target) with the settings' rank and targets."""
+    return planned_lora_count(config, s.r, s.targets)
 
 
 def tokenize_examples(frame, tokenizer, max_length: int) -> list[dict]:

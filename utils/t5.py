@@ -6,8 +6,8 @@
   model of the chapter, with SmolLM2's byte-level BPE as tokenizer.
 
 The exact parameter counts of flan-t5-base come from its configuration alone: the model is built on
-PyTorch's ``meta`` device (shapes, no memory), from the hub's config online or from the literal
-hyper-parameters below offline.
+PyTorch's ``meta`` device (shapes, no memory), from the hub's config online or offline from the
+hyper-parameters in ``utils.architectures``, the course's one table of model configurations.
 
 A transformers 5 detail worth knowing: ``T5Config`` always sets ``tie_word_embeddings=True`` (it keeps
 the file's ``false`` only as "do not rescale the decoder output"), so ``T5ForConditionalGeneration(config)``
@@ -23,15 +23,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .architectures import OTHER_MODELS, course_config
 from .memory import dir_size_mb
 from .models import quiet_transformers
+from .planner import lora_parameter_count as planned_lora_count
 from .prompts import IGNORE_INDEX, t5_prompt
 
-# google/flan-t5-base, as in its public config.json (T5 v1.1 architecture: gated-GELU, untied head).
-FLAN_T5_BASE = dict(d_model=768, d_ff=2048, d_kv=64, num_heads=12, num_layers=12, num_decoder_layers=12,
-                    vocab_size=32128, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-                    relative_attention_num_buckets=32, relative_attention_max_distance=128, dropout_rate=0.1,
-                    layer_norm_epsilon=1e-6, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+# google/flan-t5-base (T5 v1.1 architecture: gated-GELU, untied head): its hyper-parameters live in
+# utils.architectures with every other model's; here as keyword arguments for ``t5_config``.
+FLAN_T5 = "google/flan-t5-base"
+FLAN_T5_BASE = {k: v for k, v in OTHER_MODELS[FLAN_T5].items() if k != "model_type"}
 FLAN_T5_BASE_PARAMETERS = 247_577_856        # what the hub checkpoint holds (a unit test checks the config gives it)
 
 # The offline stand-in: the same family, small enough to train in seconds on a CPU. Its vocabulary is the
@@ -54,12 +55,12 @@ def t5_config(**hyper_parameters):
 
 
 def flan_t5_config(profile):
-    """flan-t5-base's configuration: from the hub on the real path, from ``FLAN_T5_BASE`` offline."""
+    """flan-t5-base's configuration: from the hub on the real path, from ``utils.architectures`` offline."""
     if profile.online:
         from transformers import AutoConfig
 
         return AutoConfig.from_pretrained(profile.t5_model)
-    return t5_config(**FLAN_T5_BASE)
+    return course_config(FLAN_T5)
 
 
 def has_separate_head(config) -> bool:
@@ -95,16 +96,9 @@ def meta_t5(config):
 
 
 def lora_parameter_count(config, r: int = T5_LORA["r"], targets=tuple(T5_LORA["target_modules"])) -> int:
-    """LoRA parameters of a T5 model from its configuration: r x (in + out) per adapted projection, in
-    every attention block (encoder self-attention, decoder self- and cross-attention)."""
-    inner = config.num_heads * config.d_kv
-    shapes = {"q": (config.d_model, inner), "k": (config.d_model, inner), "v": (config.d_model, inner),
-              "o": (inner, config.d_model)}
-    unknown = set(targets) - set(shapes)
-    if unknown:
-        raise ValueError(f"unknown T5 attention projection(s) {sorted(unknown)}; T5 names them {sorted(shapes)}.")
-    attention_blocks = config.num_layers + 2 * config.num_decoder_layers
-    return attention_blocks * sum(r * sum(shapes[t]) for t in targets)
+    """LoRA parameters of a T5 model from its configuration: ``utils.planner.lora_parameter_count`` (r x (in + out)
+    per adapted projection, in every attention block), with the brief's T5 recipe as defaults."""
+    return planned_lora_count(config, r, targets)
 
 
 def t5_lora_config(**overrides):

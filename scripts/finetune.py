@@ -1,369 +1,55 @@
 """Notebook 03's QLoRA recipe as a command-line fine-tuner that scales out with Accelerate.
 
-    python -m utils.finetune --config configs/smoke.toml [--set key=value ...] [--dry-run]
-    accelerate launch --config_file configs/accelerate/ddp.yaml -m utils.finetune --config configs/colab.toml
+    python -m scripts.finetune --config configs/smoke.toml [--set key=value ...] [--dry-run]
+    accelerate launch --config_file configs/accelerate/ddp.yaml -m scripts.finetune --config configs/colab.toml
+
+Run it from the course root (the folder that holds ``utils/``, ``scripts/`` and ``configs/``).
 
 One process or several, the same code: the Transformers ``Trainer`` reads the distributed environment
 that ``accelerate launch`` sets up (DDP, or FSDP from an Accelerate config file), gives each process its
 own shard of every global batch, all-reduces the adapters' gradients and saves from the main process.
 The recipe itself is not repeated here: loading, LoRA, chat-template examples, training arguments,
 generation and ROUGE come from ``utils.models``, ``utils.qlora``, ``utils.prompts`` and ``utils.metrics``,
-exactly as notebook 03 uses them.
+exactly as notebook 03 uses them; the config's keys, their checks and the plan come from
+``utils.finetune_config``, which notebook 03 imports to show the plan.
 
 Where CUDA is present the base is loaded in 4-bit (QLoRA). On a CPU it is the dense fp32 checkpoint
 (LoRA, same code): bitsandbytes' 4-bit path works on a CPU but is slow, and data-parallel training over
 4-bit weights on a CPU is not something anyone runs.
 
-A config file is TOML with the keys of :class:`FinetuneConfig`; every size left out comes from the
-profile table (``utils/profiles.py``). The whole config is checked before anything heavy happens: an
-unknown key, a wrong type, a missing dataset or a max_length too short fails within seconds, before any
-model is loaded.
+The whole config is checked before anything heavy happens: an unknown key, a wrong type, a missing
+dataset or a max_length too short fails within seconds, before any model is loaded.
 """
 from __future__ import annotations
 
 import argparse
-import difflib
 import hashlib
 import json
-import math
 import os
-import re
 import shutil
 import sys
-import tomllib
-import types
-import typing
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from .data import DataError, load_dialogsum, take
-from .models import ModelAccessError
-from .paths import CACHE_DIR, show
-from .results import atomic_write_text, replace_folder
-from .profiles import PROFILES, Profile, QLoRASizes, get_profile
+from utils.data import DataError, load_dialogsum, take
+from utils.finetune_config import ALLOWED_KEYS, ConfigError, Plan, load_config, make_plan
+from utils.models import ModelAccessError
+from utils.paths import show
+from utils.results import atomic_write_text, replace_folder
 
 INTERRUPTED_EXIT_CODE = 75          # what a run stopped by ``stop_after_steps`` exits with (EX_TEMPFAIL)
-QUANTIZE_CHOICES = ("auto", "4bit", "none")
-
-
-class ConfigError(ValueError):
-    """A config file or a ``--set`` override is wrong; the message names the key and what to do."""
-
-
-@dataclass
-class FinetuneConfig:
-    """Every key a config file may hold. ``None`` means: the profile's value (sizes) or automatic."""
-    # what to train, on what, where to write
-    profile: str | None = None            # smoke | colab | full; None: $COURSE_PROFILE, else automatic
-    model: str | None = None              # hub id or folder; None: the profile's LLM ($COURSE_LLM overrides)
-    data_dir: str | None = None           # folder with the real DialogSum files (as $COURSE_DATA_DIR)
-    output_dir: str | None = None         # None: .cache/finetune/<profile>
-    # sizes (None: the profile's); train/eval also accept "all"
-    train: int | str | None = None        # training dialogues
-    eval: int | str | None = None         # test dialogues scored with ROUGE
-    epochs: int | None = None
-    max_steps: int | None = None          # optimizer steps; overrides epochs
-    batch_size: int | None = None         # per process, i.e. per GPU
-    grad_accum: int | None = None
-    global_batch_size: int | None = None  # if set: grad_accum = global / (batch_size x processes)
-    max_length: int | None = None         # prompt + summary tokens
-    max_new_tokens: int | None = None
-    lr: float | None = None
-    # LoRA (notebook 03's settings)
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    # engine
-    quantize: str = "auto"                # auto: 4-bit where CUDA is present, dense on a CPU | 4bit | none
-    gradient_checkpointing: bool = True
-    optim: str | None = None              # None: paged 8-bit AdamW on a GPU (plain AdamW with FSDP or a CPU)
-    seed: int = 42
-    logging_steps: int = 1
-    save_steps: int | None = None         # checkpoint every N optimizer steps; None: once per epoch
-    save_total_limit: int = 2
-    resume: bool = True                   # continue from the last checkpoint in output_dir; false: delete them
-    # evaluation
-    evaluate: bool = True                 # ROUGE on `eval` test dialogues after training
-    compare_base: bool = True             # ... and of the base model (adapter disabled), for the gain
-    eval_batch_size: int = 8
-    eval_only: bool = False               # score the adapter already saved in output_dir, no training
-    # for tests and debugging
-    report: bool = False                  # each process writes report/rank<k>.json (ids seen, adapter hashes)
-    stop_after_steps: int | None = None   # simulate a crash: exit after this step (after its save_steps checkpoint)
-
-
-ALLOWED_KEYS = tuple(f.name for f in fields(FinetuneConfig))
-_HINTS = typing.get_type_hints(FinetuneConfig)
-_ALL_OK = ("train", "eval")                           # the string "all" is allowed there
-_POSITIVE = ("train", "eval", "epochs", "max_steps", "batch_size", "grad_accum", "global_batch_size",
-             "max_new_tokens", "lora_r", "lora_alpha", "logging_steps", "save_steps", "save_total_limit",
-             "eval_batch_size", "stop_after_steps")
 # what must not change between an interrupted run and its resumption
 _SAME_RUN_KEYS = ("model", "train", "epochs", "max_steps", "global_batch", "max_length", "lr", "lora_r",
                   "lora_alpha", "lora_dropout", "lora_targets", "seed", "quantized", "train_data_sha256")
-MAX_SEED = 2**32 - 1                                   # numpy's seeds (the Trainer seeds numpy too)
-
-
-# ----------------------------------------------------------------------------- config: read and check
-
-def _type_name(tp) -> str:
-    """How a key's type reads in an error: "an integer", "a number", "a list of strings"..."""
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
-    if typing.get_origin(tp) is list:
-        return "a list of strings"
-    return {bool: "true or false", str: "a string", int: "an integer", float: "a number"}[tp]
-
-
-def _expected(key: str) -> str:
-    tp = _HINTS[key]
-    if key in _ALL_OK:
-        return 'an integer or "all"'
-    text = _type_name(tp)
-    if type(None) in typing.get_args(tp):
-        text += " (or leave the key out for the default)"
-    return text
-
-
-def _matches(value, tp) -> bool:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, a) for a in typing.get_args(tp))
-    if origin is list:
-        return isinstance(value, list) and all(_matches(v, typing.get_args(tp)[0]) for v in value)
-    if tp is type(None):
-        return value is None
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, tp)
-
-
-def _describe(value) -> str:
-    return f"{type(value).__name__} ({value!r})"
-
-
-def _parse_override(item: str):
-    """``key=value`` from the command line; the value is read as TOML (numbers, true/false, lists,
-    quoted strings) and otherwise kept as a plain string, so ``model=Qwen/Qwen2.5-3B-Instruct`` works."""
-    if "=" not in item:
-        raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set epochs=1")
-    key, raw = (s.strip() for s in item.split("=", 1))
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
-    if key in _HINTS and typing.get_origin(_HINTS[key]) is list and isinstance(value, str):
-        value = [v.strip() for v in value.split(",") if v.strip()]       # lora_targets=q_proj,v_proj
-    return key, value
-
-
-def check_config(values: dict, where: str = "config") -> FinetuneConfig:
-    """A :class:`FinetuneConfig` from plain values, or a :class:`ConfigError` naming the first problem."""
-    unknown = [k for k in values if k not in ALLOWED_KEYS]
-    if unknown:
-        k = unknown[0]
-        close = difflib.get_close_matches(k, ALLOWED_KEYS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"{where}: unknown key {k!r}.{hint} Allowed keys: {', '.join(ALLOWED_KEYS)}.")
-    for k, v in values.items():
-        if isinstance(v, dict):
-            raise ConfigError(f"{where}: [{k}] is a table, but the config is flat: put every key at the top "
-                              f"level (allowed: {', '.join(ALLOWED_KEYS)}).")
-        if not _matches(v, _HINTS[k]) or (k in _ALL_OK and isinstance(v, str) and v != "all"):
-            raise ConfigError(f"{where}: key {k!r} expects {_expected(k)}, got {_describe(v)}.")
-        if k in _POSITIVE and isinstance(v, int) and v < 1:
-            raise ConfigError(f"{where}: key {k!r} must be at least 1, got {v}.")
-    cfg = FinetuneConfig(**values)
-    if cfg.profile is not None and cfg.profile not in PROFILES:
-        raise ConfigError(f"{where}: profile {cfg.profile!r} is not a profile; choose one of {', '.join(PROFILES)}.")
-    if cfg.quantize not in QUANTIZE_CHOICES:
-        raise ConfigError(f"{where}: quantize {cfg.quantize!r} is not one of {', '.join(QUANTIZE_CHOICES)}.")
-    if cfg.lr is not None and not (cfg.lr > 0 and math.isfinite(cfg.lr)):
-        raise ConfigError(f"{where}: lr must be a positive, finite number (LoRA: 1e-4 to 3e-4), got {cfg.lr}.")
-    if not 0 <= cfg.seed <= MAX_SEED:
-        raise ConfigError(f"{where}: seed must be between 0 and {MAX_SEED:,} (e.g. 42), got {cfg.seed}.")
-    if not 0 <= cfg.lora_dropout < 1:
-        raise ConfigError(f"{where}: lora_dropout must be in [0, 1), got {cfg.lora_dropout}.")
-    if not cfg.lora_targets or not all(t.strip() for t in cfg.lora_targets):
-        raise ConfigError(f"{where}: lora_targets must list module names, e.g. [\"q_proj\", \"v_proj\"].")
-    if cfg.max_length is not None and cfg.max_length < 32:
-        raise ConfigError(f"{where}: max_length {cfg.max_length} is too short for a chat prompt and a summary "
-                          f"(at least 32 tokens).")
-    return cfg
-
-
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> FinetuneConfig:
-    """Read a TOML config (optional) and apply ``key=value`` overrides; check everything."""
-    values: dict = {}
-    where = "config"
-    if path is not None:
-        p = Path(path)
-        where = show(p)
-        if not p.is_file():
-            raise ConfigError(f"config file {where} not found; see configs/ for examples.")
-        try:
-            values = tomllib.loads(p.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{where} is not valid TOML: {e}.") from None
-    check_config(values, where)                     # the file alone, so errors point at the file
-    for item in overrides:
-        key, value = _parse_override(item)
-        check_config({key: value}, f"--set {key}")
-        values[key] = value
-    return check_config(values, where)
-
-
-# ----------------------------------------------------------------------------- the plan: sizes, processes
-
-@dataclass
-class Plan:
-    cfg: FinetuneConfig
-    profile: Profile
-    sizes: QLoRASizes
-    world_size: int
-    global_batch: int
-    output_dir: Path
-    checkpoint: Path | None
-    quantized: bool
-    incomplete: list = field(default_factory=list)        # (checkpoint folder, what is wrong): never resumed
-
-
-    @property
-    def adapter_dir(self) -> Path:
-        return self.output_dir / "adapter"
-
-    def run_identity(self, model: str, train_data_sha256: str | None = None, data_source: str | None = None) -> dict:
-        c, s = self.cfg, self.sizes
-        return {"model": model, "train_data_sha256": train_data_sha256, "data_source": data_source,
-                "train": s.train, "epochs": s.epochs, "max_steps": c.max_steps,
-                "global_batch": self.global_batch, "max_length": s.max_length, "lr": s.lr, "lora_r": c.lora_r,
-                "lora_alpha": c.lora_alpha, "lora_dropout": c.lora_dropout, "lora_targets": list(c.lora_targets),
-                "seed": c.seed, "quantized": self.quantized}
-
-    def describe(self) -> str:
-        s = self.sizes
-        lines = [f"profile      : {self.profile.name}",
-                 f"processes    : {self.world_size} ({'CUDA' if torch.cuda.is_available() else 'CPU'})",
-                 f"base weights : {'4-bit NF4 (QLoRA)' if self.quantized else 'dense (LoRA)'}",
-                 f"data         : {'all' if s.train is None else s.train} training / "
-                 f"{'all' if s.eval is None else s.eval} evaluated dialogues",
-                 f"batch        : {s.batch_size} per process x {s.grad_accum} accumulation x {self.world_size} "
-                 f"process(es) = {self.global_batch} examples per optimizer step",
-                 "schedule     : " + (f"{self.cfg.max_steps} steps" if self.cfg.max_steps else f"{s.epochs} epoch(s)")
-                 + f", lr {s.lr}, max_length {s.max_length}",
-                 f"output       : {show(self.output_dir)}"
-                 + (f" (resuming from {self.checkpoint.name})" if self.checkpoint else "")]
-        lines += [f"skipped      : {folder.name}: {why}; it is not resumed (a real run deletes it)"
-                  for folder, why in self.incomplete]
-        return "\n".join(lines)
-
-
-def _world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def _fsdp_enabled() -> bool:
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
 
 
-_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
-
-
-def checkpoint_problem(folder: Path) -> str | None:
-    """Why a Trainer checkpoint folder cannot be resumed from, or None. The Trainer writes trainer_state.json
-    last: without it (or with it cut short) the checkpoint was interrupted while being written."""
-    state = folder / "trainer_state.json"
-    if not state.is_file():
-        return "no trainer_state.json (written last: the checkpoint was interrupted half-way)"
-    try:
-        json.loads(state.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as e:
-        return f"trainer_state.json is damaged ({type(e).__name__})"
-    weights = [folder / n for n in ("adapter_model.safetensors", "model.safetensors") if (folder / n).is_file()]
-    if not weights:
-        return "no adapter_model.safetensors"
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(weights[0]), "pt") as f:
-            f.keys()
-    except Exception as e:  # noqa: BLE001 - any unreadable weights file means: do not resume from it
-        return f"{weights[0].name} is unreadable ({type(e).__name__})"
-    return None
-
-
-def _checkpoints(folder: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
-    """The last complete checkpoint in ``folder`` (or None) and the incomplete ones, with what is wrong."""
-    if not folder.is_dir():
-        return None, []
-    found = sorted((int(m.group(1)), p) for p in folder.iterdir()
-                   if p.is_dir() and (m := _CHECKPOINT.fullmatch(p.name)))
-    complete, incomplete = [], []
-    for _, p in found:
-        problem = checkpoint_problem(p)
-        (incomplete.append((p, problem)) if problem else complete.append(p))
-    return (complete[-1] if complete else None), incomplete
-
-
-def _check_output_dir(out: Path) -> None:
-    """output_dir must be (or become) a writable folder: checked before anything is loaded."""
-    where = f"output_dir {show(out)}"
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{where} is a file, not a folder. Choose another output_dir (or remove the file).")
-    parent = out
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ConfigError(f"{where}: {show(parent)} is a file, so the folder cannot be created there. "
-                          f"Choose another output_dir.")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"{where}: {show(parent)} is not writable by this user. Choose another output_dir.")
-
-
-def make_plan(cfg: FinetuneConfig, world_size: int | None = None) -> Plan:
-    """Everything that can be decided without loading data or a model; errors are ConfigErrors.
-    ``world_size``: the number of processes (default: what `accelerate launch` set, else 1)."""
-    try:
-        profile = get_profile(cfg.profile)
-    except ValueError as e:                               # a bad $COURSE_PROFILE
-        raise ConfigError(str(e)) from None
-    world = world_size or _world_size()
-    base = profile.qlora
-    all_or = lambda v, default: default if v is None else (None if v == "all" else v)  # noqa: E731
-    sizes = replace(base, train=all_or(cfg.train, base.train), eval=all_or(cfg.eval, base.eval),
-                    **{k: getattr(cfg, k) for k in ("epochs", "batch_size", "grad_accum", "max_length",
-                                                    "max_new_tokens", "lr") if getattr(cfg, k) is not None})
-    if cfg.global_batch_size is not None:
-        per_step = sizes.batch_size * world
-        if cfg.global_batch_size % per_step:
-            raise ConfigError(f"global_batch_size {cfg.global_batch_size} is not a multiple of batch_size "
-                              f"{sizes.batch_size} x {world} process(es) = {per_step}; change one of them.")
-        if cfg.grad_accum is not None and cfg.grad_accum != cfg.global_batch_size // per_step:
-            raise ConfigError(f"grad_accum {cfg.grad_accum} contradicts global_batch_size {cfg.global_batch_size} "
-                              f"(which needs {cfg.global_batch_size // per_step}); set only one of them.")
-        sizes = replace(sizes, grad_accum=cfg.global_batch_size // per_step)
-    cuda = torch.cuda.is_available()
-    quantized = cfg.quantize == "4bit" or (cfg.quantize == "auto" and cuda)
-    if quantized and not cuda and world > 1:
-        raise ConfigError("quantize='4bit' on a CPU runs in one process only (bitsandbytes' CPU path is slow "
-                          "and data-parallel 4-bit training on CPUs is not supported here); use quantize='auto'.")
-    out = Path(cfg.output_dir).expanduser() if cfg.output_dir else CACHE_DIR / "finetune" / profile.name
-    _check_output_dir(out)
-    checkpoint, incomplete = _checkpoints(out) if cfg.resume and not cfg.eval_only else (None, [])
-    if cfg.stop_after_steps is not None and cfg.eval_only:
-        raise ConfigError("stop_after_steps and eval_only exclude each other.")
-    if cfg.eval_only and not (out / "adapter" / "adapter_config.json").is_file():
-        raise ConfigError(f"eval_only=true scores the adapter a finished run saved in {show(out / 'adapter')}, but "
-                          f"there is none (no adapter_config.json). Train first with the same output_dir (without "
-                          f"eval_only), or set output_dir to the folder of the run that trained it.")
-    return Plan(cfg, profile, sizes, world, sizes.batch_size * sizes.grad_accum * world, out, checkpoint, quantized,
-                incomplete)
-
+# ----------------------------------------------------------------------------- resuming: the same run
 
 def check_same_run(plan: Plan, model: str, train_data_sha256: str | None = None,
                    data_source: str | None = None) -> None:
@@ -395,7 +81,7 @@ def check_same_run(plan: Plan, model: str, train_data_sha256: str | None = None,
 
 def load_model(name_or_path: str, quantized: bool, token: str | None, fsdp: bool):
     """The base model and its tokenizer: notebook 03's 4-bit loader, or the dense checkpoint."""
-    from .models import compute_dtype, load_causal_lm_4bit
+    from utils.models import compute_dtype, load_causal_lm_4bit
 
     if quantized:
         # FSDP flattens parameters of one dtype: the packed 4-bit codes are then stored as the
@@ -414,7 +100,7 @@ def attach_lora(model, settings, gradient_checkpointing: bool, fsdp: bool):
     """Notebook 03's ``add_lora`` (freeze, ``prepare_model_for_kbit_training``, LoRA), except where its
     fp32 upcast of every 16-bit tensor would hurt: under FSDP (one dtype per flattened parameter) and on
     a dense 16-bit base (it would double the weights). There: freeze, then the same LoRA config."""
-    from .qlora import add_lora, lora_config
+    from utils.qlora import add_lora, lora_config
 
     dense_16bit = not getattr(model, "is_loaded_in_4bit", False) and model.dtype != torch.float32
     if not fsdp and not dense_16bit:
@@ -455,7 +141,7 @@ class RecordingCollator:
     """notebook 03's ``PadCollator``, remembering which examples (by DialogSum id) this process saw."""
 
     def __init__(self, pad_id: int):
-        from .qlora import PadCollator
+        from utils.qlora import PadCollator
 
         self.pad, self.seen = PadCollator(pad_id), []
 
@@ -515,7 +201,7 @@ def _generate(model, tok, dialogues: list[str], plan: Plan, state, what: str) ->
     from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
-    from .qlora import generate_summaries
+    from utils.qlora import generate_summaries
 
     b = plan.cfg.eval_batch_size
     with state.split_between_processes(dialogues) as mine:
@@ -527,7 +213,7 @@ def _generate(model, tok, dialogues: list[str], plan: Plan, state, what: str) ->
 
 
 def evaluate(model, tok, eval_df, plan: Plan, state) -> dict:
-    from .metrics import rouge
+    from utils.metrics import rouge
 
     dialogues = list(eval_df["dialogue"])
     scores = {}
@@ -542,7 +228,7 @@ def evaluate(model, tok, eval_df, plan: Plan, state) -> dict:
 
 
 def _write_json(path: Path, payload: dict, rounded: bool = True) -> None:
-    from .results import _clean
+    from utils.results import _clean
 
     atomic_write_text(path, json.dumps(_clean(payload) if rounded else payload, indent=2, ensure_ascii=False) + "\n")
 
@@ -568,8 +254,8 @@ def prepare(plan: Plan, verbose: bool = True) -> Prepared:
     from tqdm.auto import tqdm
     from transformers import AutoTokenizer
 
-    from .models import check_gpu_for, check_llm_access, hf_token, llm_display_name, llm_name_or_path
-    from .qlora import tokenize_examples
+    from utils.models import check_gpu_for, check_llm_access, hf_token, llm_display_name, llm_name_or_path
+    from utils.qlora import tokenize_examples
 
     cfg, sizes = plan.cfg, plan.sizes
     check_gpu_for(plan.profile)                            # colab/full on a CPU: hours; stop now unless asked
@@ -637,8 +323,8 @@ def build_trainer(plan: Plan, model, tok, examples: list[dict], fsdp: bool):
     progress bars, checkpoints to resume from, one process per device."""
     from transformers import Trainer
 
-    from .models import compute_dtype
-    from .qlora import training_arguments
+    from utils.models import compute_dtype
+    from utils.qlora import training_arguments
 
     cfg = plan.cfg
     overrides = dict(disable_tqdm=False, logging_steps=cfg.logging_steps, seed=cfg.seed, data_seed=cfg.seed,
@@ -669,8 +355,8 @@ def run(plan: Plan) -> dict:
     """Prepare (cheap), load the model, train or resume, save the adapter once, evaluate. Returns the metrics."""
     from accelerate import PartialState
 
-    from .memory import PeakMemory, Timer
-    from .qlora import LoRASettings
+    from utils.memory import PeakMemory, Timer
+    from utils.qlora import LoRASettings
 
     cfg = plan.cfg
     # processes: one per GPU under `accelerate launch` (gloo on CPUs), else just this one. The main
@@ -785,7 +471,7 @@ def _finish(state) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m utils.finetune",
+        prog="python -m scripts.finetune",
         description="Fine-tune an LLM on DialogSum with notebook 03's QLoRA recipe; runs unchanged under "
                     "`accelerate launch` (DDP or FSDP).",
         epilog=f"Config keys: {', '.join(ALLOWED_KEYS)}. See configs/ and the README, section 'Beyond one GPU'.")

@@ -1,0 +1,101 @@
+"""utils.mistakes: the faulty collators and formats of notebook 06 do exactly the mistake they claim, and the
+measurements work on a tiny model."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from utils import mistakes
+from utils.prompts import IGNORE_INDEX, build_chat_example
+from utils.qlora import PadCollator
+
+DIALOGUES = ["#Person1#: Hi, how are you?\n#Person2#: Fine, thanks. And you?",
+             "#Person1#: Where is the station?\n#Person2#: Two blocks north, next to the bank. You can't miss it."]
+SUMMARIES = ["They greet each other.", "#Person2# tells #Person1# the way to the station."]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from utils.models import offline_tokenizer
+    return offline_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def examples(tokenizer):
+    return [build_chat_example(tokenizer, d, s, 128) for d, s in zip(DIALOGUES, SUMMARIES)]
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def test_every_profile_has_sizes_and_course_override_shrinks_them():
+    from utils.profiles import PROFILES, apply_overrides
+    for p in PROFILES.values():
+        assert mistakes.sizes(p).steps > 0
+    shrunk = apply_overrides(PROFILES["colab"], "mistakes.steps=2,mistakes.train=4")
+    assert (mistakes.sizes(shrunk).steps, mistakes.sizes(shrunk).train) == (2, 4)
+    assert mistakes.sizes(shrunk).heldout == mistakes.sizes(PROFILES["colab"]).heldout
+
+
+def test_loss_on_prompt_labels_every_token(examples):
+    wrong = mistakes.loss_on_prompt(examples)
+    for right, bad in zip(examples, wrong):
+        assert bad["labels"] == bad["input_ids"] == right["input_ids"]
+        prompt = right["labels"].count(IGNORE_INDEX)
+        assert prompt > 0 and all(lab != IGNORE_INDEX for lab in bad["labels"][:prompt])   # the prompt now counts
+        assert right["labels"][:prompt] == [IGNORE_INDEX] * prompt                           # the input is not changed
+
+
+def test_eos_as_pad_masks_the_end_token(tokenizer, examples):
+    eos = tokenizer.eos_token_id
+    assert tokenizer.pad_token_id == eos                       # SmolLM2: the padding token is the end token
+    right, wrong = PadCollator(eos)(examples), mistakes.EosAsPadCollator(eos)(examples)
+    assert torch.equal(right["input_ids"], wrong["input_ids"])
+    assert mistakes.labelled_share(right, eos)[0] == len(examples)     # each answer's end token carries a label
+    assert mistakes.labelled_share(wrong, eos)[0] == 0                  # ... masked by the pad-id recipe
+    # only end tokens lost their label: every other labelled token is the same
+    other = right["input_ids"] != eos
+    assert torch.equal(right["labels"][other], wrong["labels"][other])
+
+
+def test_formats_label_the_same_summary_tokens(tokenizer):
+    ex = [mistakes.formatted_example(tokenizer, DIALOGUES[1], SUMMARIES[1], f) for f in mistakes.FORMATS]
+    answers = [[lab for lab in e["labels"] if lab != IGNORE_INDEX] for e in ex]
+    assert answers[0] == answers[1] == answers[2] == tokenizer(SUMMARIES[1], add_special_tokens=False)["input_ids"]
+    assert "<|im_start|>assistant" in tokenizer.decode(ex[0]["input_ids"])
+    assert "<|im_start|>" not in tokenizer.decode(ex[1]["input_ids"])
+    with pytest.raises(ValueError):
+        mistakes.formatted_example(tokenizer, DIALOGUES[0], SUMMARIES[0], "no such format")
+
+
+def test_frozen_base_mistake_changes_the_trainable_count_exactly(tiny_model):
+    from peft import LoraConfig, get_peft_model
+
+    from utils.memory import count_parameters
+    from utils.planner import lora_parameter_count, parameter_count
+    peft_model = get_peft_model(tiny_model, LoraConfig(r=4, lora_alpha=8, target_modules=list(mistakes.QKVO)))
+    lora = lora_parameter_count(tiny_model.config, 4, mistakes.QKVO)
+    assert count_parameters(peft_model)[0] == lora
+    peft_model.requires_grad_(True)                             # the mistake
+    assert count_parameters(peft_model)[0] == parameter_count(tiny_model.config) + lora
+    peft_model.unload()
+
+
+def test_lora_run_and_measurements(tiny_model, tokenizer, examples):
+    from utils.ablation import fixed_batches
+    collate = PadCollator(tokenizer.pad_token_id)
+    batches = fixed_batches(examples, 2, 2, collate)
+    peft_model, out = mistakes.lora_run(tiny_model, batches, examples, collate, lr=1e-3, r=2, alpha=4)
+    assert out["trainable"] > 0 and len(out["train_loss"]) == 2 and out["heldout"] > 0
+    p = mistakes.end_probability(peft_model, examples, tokenizer.eos_token_id)
+    assert 0.0 <= p <= 1.0
+    stops = mistakes.stops_by_itself(peft_model, tokenizer, DIALOGUES[:1], max_new_tokens=3)
+    assert len(stops) == 1 and (stops[0] is None or 0 <= stops[0] < 3)
+    base = peft_model.unload()
+    assert not any("lora_" in n for n, _ in base.named_parameters())
