@@ -7,7 +7,7 @@ export PYTHONPATH := $(CURDIR)
 export PYTHONWARNINGS ?= ignore::DeprecationWarning
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install course test test-fast test-notebooks lab site clean experiments-ablation experiments-lr
+.PHONY: install course test test-fast test-avx2 test-notebooks lab site clean experiments-ablation experiments-lr
 
 $(STAMP): requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -30,6 +30,11 @@ course: install
 test: install
 	$(PY) -m pytest -q tests
 	$(PY) -m tools.runner nbval $(NOTEBOOKS)
+
+## The notebooks under nbval with PyTorch, oneDNN and MKL held to their AVX2 kernels: the float rounding of a CPU
+## without AVX-512 (checked cells must hold there too), on a machine that has it. As long as the nbval part of `make test`.
+test-avx2: install
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 $(PY) -m tools.runner nbval $(NOTEBOOKS)
 
 ## Chapter 2's learning-rate sweep (full fine-tuning and LoRA at 3 rates each) into results/lr_sweep.json.
 experiments-lr: install

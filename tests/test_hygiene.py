@@ -260,3 +260,60 @@ def test_results_file_has_no_leak(path):
     found = [f for i, line in enumerate(path.read_text().splitlines(), 1)
              for f in scan_text(f"line {i}", "output", line, personal) if "noise" not in f]
     assert found == [], f"results/{path.name}:\n  " + "\n  ".join(found[:20])
+
+
+# ----------------------------------------------------------------------------------------------
+# A checked cell never loads the notebook's first model: on a fresh machine the first load converts SmolLM2's
+# GGUF (a message and a progress bar), so its output depends on whether the cache exists.
+# ----------------------------------------------------------------------------------------------
+
+# Calls that load a model or build the converted checkpoint (the course's loaders, transformers' own).
+LOADERS = {"build_classifier", "load_backbone", "smollm2_checkpoint", "llm_name_or_path", "summary_task",
+           "load_base", "load_causal_lm_4bit", "from_pretrained", "offline_tokenizer"}
+
+
+def _top_level_calls(source: str) -> set[str]:
+    """Names of functions called when a cell runs (calls inside a ``def`` or ``lambda`` are not run by it)."""
+    import ast
+
+    lines = [ln for ln in source.splitlines() if not ln.lstrip().startswith(("%", "!"))]
+    try:
+        tree = ast.parse("\n".join(lines))
+    except SyntaxError:
+        return set()
+    names, todo = set(), list(ast.iter_child_nodes(tree))
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            continue
+        if isinstance(node, ast.Call):
+            f = node.func
+            names.add(f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", ""))
+        todo.extend(ast.iter_child_nodes(node))
+    return names
+
+
+def first_load_is_checked(nb) -> int | None:
+    """Index (among code cells) of the first cell that loads a model, if that cell is a checked one."""
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    for i, cell in enumerate(code):
+        if _top_level_calls(cell.source) & LOADERS:
+            return i if "NBVAL_CHECK_OUTPUT" in cell.source else None
+    return None
+
+
+def test_first_load_detector_sees_calls_not_definitions():
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("def build(p):\n    return load_backbone(p)"),
+                nbformat.v4.new_code_cell("# NBVAL_CHECK_OUTPUT\nclf = build_classifier()\nprint(1)")]
+    assert first_load_is_checked(nb) == 1
+    nb.cells.insert(1, nbformat.v4.new_code_cell("clf = build_classifier()"))
+    assert first_load_is_checked(nb) is None
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_no_checked_cell_makes_the_first_model_load(path):
+    i = first_load_is_checked(nbformat.read(path, as_version=4))
+    assert i is None, (f"{path.name}: code cell {i} is checked (# NBVAL_CHECK_OUTPUT) and is the first to load a "
+                       f"model; on a fresh machine it also prints the conversion. Load the model in an unchecked "
+                       f"cell before it.")
