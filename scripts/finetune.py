@@ -10,8 +10,8 @@ that ``accelerate launch`` sets up (DDP, or FSDP from an Accelerate config file)
 own shard of every global batch, all-reduces the adapters' gradients and saves from the main process.
 The recipe itself is not repeated here: loading, LoRA, chat-template examples, training arguments,
 generation and ROUGE come from ``utils.models``, ``utils.qlora``, ``utils.prompts`` and ``utils.metrics``,
-exactly as notebook 03 uses them; the config's keys, their checks and the plan come from
-``utils.finetune_config``, which notebook 03 imports to show the plan.
+exactly as notebook 03 uses them; the config's keys, their checks and the plan are in
+``scripts/finetune_config.py`` (notebook 03 runs ``--dry-run`` to show the plan).
 
 Where CUDA is present the base is loaded in 4-bit (QLoRA). On a CPU it is the dense fp32 checkpoint
 (LoRA, same code): bitsandbytes' 4-bit path works on a CPU but is slow, and data-parallel training over
@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from utils.data import DataError, load_dialogsum, take
-from utils.finetune_config import ALLOWED_KEYS, ConfigError, Plan, load_config, make_plan
+from scripts.finetune_config import ALLOWED_KEYS, ConfigError, Plan, load_config, make_plan
 from utils.models import ModelAccessError
 from utils.paths import show
 from utils.results import atomic_write_text, replace_folder

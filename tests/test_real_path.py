@@ -143,6 +143,9 @@ def test_notebook_alone_on_colab_cpu_runtime(key, precision, tmp_path, hub, sms_
     assert broken_invariants(nb) == [], f"checked invariants print False ({precision or 'fp32'} run)"
     saved = _results(clone, NOTEBOOKS[key].stem)
     assert saved["profile"] == "colab"
+    if key == "03":     # its last section runs the fine-tuning script's --dry-run, as a command, on the colab config
+        assert "--config configs/colab.toml --dry-run   (exit 0)" in text and "dry run: every check passed" in text, \
+            "notebook 03's dry run of scripts.finetune failed on the colab profile"
     CLONES[key] = clone
 
 

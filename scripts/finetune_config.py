@@ -1,4 +1,4 @@
-"""The fine-tuning script's config and plan, what notebook 03 shows without running anything: the keys a
+"""The fine-tuning script's config and plan (notebook 03 shows the plan with ``--dry-run``): the keys a
 TOML config may hold (:class:`FinetuneConfig`), their checks (:func:`load_config`), and the run they describe
 (:func:`make_plan`: sizes from the profile, processes, global batch, output folder, the checkpoint to resume from).
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import math
 import os
 import re
 import tomllib
@@ -22,20 +21,27 @@ import types
 import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Annotated, Literal
 
 import torch
+from pydantic import ConfigDict, Field, ValidationError
+from pydantic.dataclasses import dataclass as checked_dataclass
 
-from .paths import CACHE_DIR, show
-from .profiles import PROFILES, Profile, QLoRASizes, get_profile
+from utils.paths import CACHE_DIR, show
+from utils.profiles import PROFILES, Profile, QLoRASizes, get_profile
 
 QUANTIZE_CHOICES = ("auto", "4bit", "none")
+MAX_SEED = 2**32 - 1                                   # numpy's seeds (the Trainer seeds numpy too)
 
 
 class ConfigError(ValueError):
     """A config file or a ``--set`` override is wrong; the message names the key and what to do."""
 
 
-@dataclass
+Positive = Annotated[int, Field(ge=1)]
+
+
+@checked_dataclass(config=ConfigDict(strict=True))     # pydantic: types and ranges checked on construction
 class FinetuneConfig:
     """Every key a config file may hold. ``None`` means: the profile's value (sizes) or automatic."""
     # what to train, on what, where to write
@@ -44,57 +50,64 @@ class FinetuneConfig:
     data_dir: str | None = None           # folder with the real DialogSum files (as $COURSE_DATA_DIR)
     output_dir: str | None = None         # None: .cache/finetune/<profile>
     # sizes (None: the profile's); train/eval also accept "all"
-    train: int | str | None = None        # training dialogues
-    eval: int | str | None = None         # test dialogues scored with ROUGE
-    epochs: int | None = None
-    max_steps: int | None = None          # optimizer steps; overrides epochs
-    batch_size: int | None = None         # per process, i.e. per GPU
-    grad_accum: int | None = None
-    global_batch_size: int | None = None  # if set: grad_accum = global / (batch_size x processes)
-    max_length: int | None = None         # prompt + summary tokens
-    max_new_tokens: int | None = None
-    lr: float | None = None
+    train: Positive | Literal["all"] | None = None        # training dialogues
+    eval: Positive | Literal["all"] | None = None         # test dialogues scored with ROUGE
+    epochs: Positive | None = None
+    max_steps: Positive | None = None                     # optimizer steps; overrides epochs
+    batch_size: Positive | None = None                    # per process, i.e. per GPU
+    grad_accum: Positive | None = None
+    global_batch_size: Positive | None = None             # if set: grad_accum = global / (batch_size x processes)
+    max_length: Annotated[int, Field(ge=32)] | None = None          # prompt + summary tokens
+    max_new_tokens: Positive | None = None
+    lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
     # LoRA (notebook 03's settings)
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    lora_r: Positive = 16
+    lora_alpha: Positive = 32
+    lora_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    lora_targets: Annotated[list[Annotated[str, Field(pattern=r"\S")]], Field(min_length=1)] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     # engine
-    quantize: str = "auto"                # auto: 4-bit where CUDA is present, dense on a CPU | 4bit | none
+    quantize: Literal["auto", "4bit", "none"] = "auto"    # auto: 4-bit where CUDA is present, dense on a CPU
     gradient_checkpointing: bool = True
     optim: str | None = None              # None: paged 8-bit AdamW on a GPU (plain AdamW with FSDP or a CPU)
-    seed: int = 42
-    logging_steps: int = 1
-    save_steps: int | None = None         # checkpoint every N optimizer steps; None: once per epoch
-    save_total_limit: int = 2
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 42
+    logging_steps: Positive = 1
+    save_steps: Positive | None = None    # checkpoint every N optimizer steps; None: once per epoch
+    save_total_limit: Positive = 2
     resume: bool = True                   # continue from the last checkpoint in output_dir; false: delete them
     # evaluation
     evaluate: bool = True                 # ROUGE on `eval` test dialogues after training
     compare_base: bool = True             # ... and of the base model (adapter disabled), for the gain
-    eval_batch_size: int = 8
+    eval_batch_size: Positive = 8
     eval_only: bool = False               # score the adapter already saved in output_dir, no training
     # for tests and debugging
     report: bool = False                  # each process writes report/rank<k>.json (ids seen, adapter hashes)
-    stop_after_steps: int | None = None   # simulate a crash: exit after this step (after its save_steps checkpoint)
+    stop_after_steps: Positive | None = None   # simulate a crash: exit after this step (after its save_steps checkpoint)
 
 
 ALLOWED_KEYS = tuple(f.name for f in fields(FinetuneConfig))
 _HINTS = typing.get_type_hints(FinetuneConfig)
 _ALL_OK = ("train", "eval")                           # the string "all" is allowed there
-_POSITIVE = ("train", "eval", "epochs", "max_steps", "batch_size", "grad_accum", "global_batch_size",
-             "max_new_tokens", "lora_r", "lora_alpha", "logging_steps", "save_steps", "save_total_limit",
-             "eval_batch_size", "stop_after_steps")
-MAX_SEED = 2**32 - 1                                   # numpy's seeds (the Trainer seeds numpy too)
+# What a key's value must be when its type is right but pydantic refuses its value (default: at least 1).
+_RANGE = {"lr": "lr must be a positive, finite number (LoRA: 1e-4 to 3e-4), got {v}.",
+          "seed": f"seed must be between 0 and {MAX_SEED:,} (e.g. 42), got {{v}}.",
+          "lora_dropout": "lora_dropout must be in [0, 1), got {v}.",
+          "lora_targets": 'lora_targets must list module names, e.g. ["q_proj", "v_proj"].',
+          "max_length": "max_length {v} is too short for a chat prompt and a summary (at least 32 tokens).",
+          "quantize": "quantize {v!r} is not one of " + ", ".join(QUANTIZE_CHOICES) + "."}
 
 
 # ----------------------------------------------------------------------------- config: read and check
 
 def _type_name(tp) -> str:
     """How a key's type reads in an error: "an integer", "a number", "a list of strings"..."""
+    tp = typing.get_args(tp)[0] if typing.get_origin(tp) is Annotated else tp
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
     if typing.get_origin(tp) is list:
         return "a list of strings"
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(tp)))
     return {bool: "true or false", str: "a string", int: "an integer", float: "a number"}[tp]
 
 
@@ -106,21 +119,6 @@ def _expected(key: str) -> str:
     if type(None) in typing.get_args(tp):
         text += " (or leave the key out for the default)"
     return text
-
-
-def _matches(value, tp) -> bool:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, a) for a in typing.get_args(tp))
-    if origin is list:
-        return isinstance(value, list) and all(_matches(v, typing.get_args(tp)[0]) for v in value)
-    if tp is type(None):
-        return value is None
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, tp)
 
 
 def _describe(value) -> str:
@@ -142,6 +140,18 @@ def _parse_override(item: str):
     return key, value
 
 
+def _message(error: ValidationError, values: dict) -> str:
+    """pydantic's first refused key, in the course's words: the type expected, or the range."""
+    key = error.errors()[0]["loc"][0]
+    kinds = {e["type"] for e in error.errors() if e["loc"][0] == key}
+    if key in _ALL_OK:
+        kinds.discard("literal_error")                  # "all" was one option of the union, not the problem
+    v = values[key]
+    if kinds and all(k.endswith("_type") for k in kinds):
+        return f"key {key!r} expects {_expected(key)}, got {_describe(v)}."
+    return _RANGE.get(key, "key {k!r} must be at least 1, got {v}.").format(k=key, v=v)
+
+
 def check_config(values: dict, where: str = "config") -> FinetuneConfig:
     """A :class:`FinetuneConfig` from plain values, or a :class:`ConfigError` naming the first problem."""
     unknown = [k for k in values if k not in ALLOWED_KEYS]
@@ -150,30 +160,16 @@ def check_config(values: dict, where: str = "config") -> FinetuneConfig:
         close = difflib.get_close_matches(k, ALLOWED_KEYS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"{where}: unknown key {k!r}.{hint} Allowed keys: {', '.join(ALLOWED_KEYS)}.")
-    for k, v in values.items():
-        if isinstance(v, dict):
-            raise ConfigError(f"{where}: [{k}] is a table, but the config is flat: put every key at the top "
-                              f"level (allowed: {', '.join(ALLOWED_KEYS)}).")
-        if not _matches(v, _HINTS[k]) or (k in _ALL_OK and isinstance(v, str) and v != "all"):
-            raise ConfigError(f"{where}: key {k!r} expects {_expected(k)}, got {_describe(v)}.")
-        if k in _POSITIVE and isinstance(v, int) and v < 1:
-            raise ConfigError(f"{where}: key {k!r} must be at least 1, got {v}.")
-    cfg = FinetuneConfig(**values)
+    tables = [k for k, v in values.items() if isinstance(v, dict)]
+    if tables:
+        raise ConfigError(f"{where}: [{tables[0]}] is a table, but the config is flat: put every key at the top "
+                          f"level (allowed: {', '.join(ALLOWED_KEYS)}).")
+    try:
+        cfg = FinetuneConfig(**values)
+    except ValidationError as e:
+        raise ConfigError(f"{where}: {_message(e, values)}") from None
     if cfg.profile is not None and cfg.profile not in PROFILES:
         raise ConfigError(f"{where}: profile {cfg.profile!r} is not a profile; choose one of {', '.join(PROFILES)}.")
-    if cfg.quantize not in QUANTIZE_CHOICES:
-        raise ConfigError(f"{where}: quantize {cfg.quantize!r} is not one of {', '.join(QUANTIZE_CHOICES)}.")
-    if cfg.lr is not None and not (cfg.lr > 0 and math.isfinite(cfg.lr)):
-        raise ConfigError(f"{where}: lr must be a positive, finite number (LoRA: 1e-4 to 3e-4), got {cfg.lr}.")
-    if not 0 <= cfg.seed <= MAX_SEED:
-        raise ConfigError(f"{where}: seed must be between 0 and {MAX_SEED:,} (e.g. 42), got {cfg.seed}.")
-    if not 0 <= cfg.lora_dropout < 1:
-        raise ConfigError(f"{where}: lora_dropout must be in [0, 1), got {cfg.lora_dropout}.")
-    if not cfg.lora_targets or not all(t.strip() for t in cfg.lora_targets):
-        raise ConfigError(f"{where}: lora_targets must list module names, e.g. [\"q_proj\", \"v_proj\"].")
-    if cfg.max_length is not None and cfg.max_length < 32:
-        raise ConfigError(f"{where}: max_length {cfg.max_length} is too short for a chat prompt and a summary "
-                          f"(at least 32 tokens).")
     return cfg
 
 
