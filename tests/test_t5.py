@@ -12,7 +12,7 @@ from utils.generate import generate_summaries
 from utils.prompts import IGNORE_INDEX, INSTRUCTION
 from utils.t5 import (FLAN_T5_BASE, FLAN_T5_BASE_PARAMETERS, Seq2SeqCollator, check_t5_tokenizer,
                       checkpoint_size_mb, drop_mixed_precision_wrapper, encode_source, encode_target, load_t5,
-                      lora_parameter_count, meta_t5, t5_config, t5_lora_config, t5_tokenizer, t5_training_dtype,
+                      lora_parameter_count, meta_t5, t5_config, t5_lora_config, t5_tokenizer,
                       tiny_t5_checkpoint, tokenize_pairs, weights_mb)
 
 # google/flan-t5-base's config.json as published on the hub (what AutoConfig reads on the real path).
@@ -234,12 +234,16 @@ def test_full_checkpoint_size_is_the_weights(tiny_dir, tmp_path):
 
 
 def test_t5_never_trains_in_fp16(monkeypatch):
-    import utils.models
+    """Chapter 2's Trainer precision (utils.full_vs_lora.precision): T5 in fp32 where a causal LM would get fp16."""
+    from types import SimpleNamespace
 
-    for given, expected in ((torch.float16, torch.float32), (torch.bfloat16, torch.bfloat16),
-                            (torch.float32, torch.float32)):
-        monkeypatch.setattr(utils.models, "compute_dtype", lambda g=given: g)
-        assert t5_training_dtype() == expected
+    import utils.models
+    from utils.full_vs_lora import precision
+
+    for given, t5, causal in (("fp16", "no", "fp16"), ("bf16", "bf16", "bf16"), ("no", "no", "no")):
+        monkeypatch.setattr(utils.models, "mixed_precision", lambda g=given: g)
+        assert precision(SimpleNamespace(family="seq2seq")) == t5
+        assert precision(SimpleNamespace(family="causal")) == causal
 
 
 def test_mixed_precision_wrapper_is_removed_after_training(tok, tiny_dir, tmp_path):

@@ -86,12 +86,6 @@ def atomic_write_text(path: os.PathLike | str, text: str) -> Path:
     return Path(path)
 
 
-def atomic_write_bytes(path: os.PathLike | str, data: bytes) -> Path:
-    with atomic_file(path, "wb") as f:
-        f.write(data)
-    return Path(path)
-
-
 @contextlib.contextmanager
 def atomic_folder(path: os.PathLike | str):
     """Yield a temporary folder beside ``path``; on a clean exit it replaces ``path`` (a previous folder there

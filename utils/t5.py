@@ -187,13 +187,6 @@ def tiny_t5_checkpoint(tokenizer, path, seed: int = 42, **overrides) -> Path:
     return Path(path)
 
 
-def t5_name_or_path(profile, tokenizer, cache_dir) -> str:
-    """The base every model of chapter 2 loads: the hub's flan-t5-base, or the offline random T5."""
-    if profile.online:
-        return profile.t5_model
-    return str(tiny_t5_checkpoint(tokenizer, Path(cache_dir) / "02_t5_random_init"))
-
-
 def load_t5(name_or_path, tokenizer=None, device=None):
     """A fresh T5 in fp32 (T5 overflows in fp16; mixed precision, where used, is the Trainer's job).
     Checks that the output head is its own matrix and, with ``tokenizer``, that their special ids agree."""
@@ -207,15 +200,6 @@ def load_t5(name_or_path, tokenizer=None, device=None):
     if tokenizer is not None:
         check_t5_tokenizer(tokenizer, model.config)
     return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-def t5_training_dtype() -> torch.dtype:
-    """bf16 mixed precision where the GPU has it natively (compute capability >= 8), else fp32. Never fp16:
-    T5's activations overflow fp16's range (inf/NaN losses), which is why a T4 trains T5 in fp32."""
-    from .models import compute_dtype
-
-    dtype = compute_dtype()
-    return torch.float32 if dtype == torch.float16 else dtype
 
 
 from .models import drop_mixed_precision_wrapper  # noqa: E402,F401 - one copy, shared with notebook 03
