@@ -317,3 +317,17 @@ def test_no_checked_cell_makes_the_first_model_load(path):
     assert i is None, (f"{path.name}: code cell {i} is checked (# NBVAL_CHECK_OUTPUT) and is the first to load a "
                        f"model; on a fresh machine it also prints the conversion. Load the model in an unchecked "
                        f"cell before it.")
+
+
+NOTEBOOK_RESULTS = [RESULTS_DIR / f"{nb.stem}.json" for nb in NOTEBOOKS if (RESULTS_DIR / f"{nb.stem}.json").is_file()]
+
+
+@pytest.mark.parametrize("path", NOTEBOOK_RESULTS, ids=[p.stem for p in NOTEBOOK_RESULTS])
+def test_results_name_the_pretrained_model_behind_their_task_results(path):
+    """A notebook's `model` (its banner's, saved in results/) is the model its task results come from: real
+    pretrained weights. Random-weight models of the exact architectures are for counts and shapes only, and are
+    named in another field."""
+    model = json.loads(path.read_text()).get("model", "")
+    assert model, f"results/{path.name} names no model"
+    assert not re.search(r"random", model, re.IGNORECASE), \
+        f"results/{path.name}: the headline model is random-weight ({model!r}); name the pretrained one in `model`"
