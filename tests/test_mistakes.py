@@ -37,10 +37,10 @@ def tiny_model():
 def test_every_profile_has_sizes_and_course_override_shrinks_them():
     from utils.profiles import PROFILES, apply_overrides
     for p in PROFILES.values():
-        assert mistakes.sizes(p).steps > 0
+        assert p.mistakes.steps > 0
     shrunk = apply_overrides(PROFILES["colab"], "mistakes.steps=2,mistakes.train=4")
-    assert (mistakes.sizes(shrunk).steps, mistakes.sizes(shrunk).train) == (2, 4)
-    assert mistakes.sizes(shrunk).heldout == mistakes.sizes(PROFILES["colab"]).heldout
+    assert (shrunk.mistakes.steps, shrunk.mistakes.train) == (2, 4)
+    assert shrunk.mistakes.heldout == PROFILES["colab"].mistakes.heldout
 
 
 def test_loss_on_prompt_labels_every_token(examples):

@@ -1,7 +1,7 @@
 """Chapter 6: ten (and three more) ways to break LoRA and QLoRA, each made on purpose and measured.
 
-Only what the notebook needs beyond the other helpers: its sizes per profile, the two faulty collators (the loss
-on the prompt; EOS used as the padding token and masked with it), the same example in three prompt formats, the
+Only what the notebook needs beyond the other helpers (its sizes are ``profile.mistakes``): the two faulty
+collators (the loss on the prompt; EOS used as the padding token and masked with it), the same example in three prompt formats, the
 probability of the end token, whether a greedy generation stops by itself, and one short LoRA run (reusing
 ``utils.ablation``'s training loop and held-out loss).
 """
@@ -9,16 +9,10 @@ from __future__ import annotations
 
 import torch
 
-from .profiles import MistakeSizes
 from .prompts import INSTRUCTION, IGNORE_INDEX
 from .qlora import PadCollator
 
 QKVO = ("q_proj", "k_proj", "v_proj", "o_proj")
-
-
-def sizes(profile) -> MistakeSizes:
-    """This profile's sizes (`utils.profiles`, changed by COURSE_OVERRIDE's `mistakes.*`)."""
-    return profile.mistakes
 
 
 def loss_on_prompt(examples: list[dict]) -> list[dict]:
