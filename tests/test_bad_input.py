@@ -25,7 +25,7 @@ import utils.results as results
 from utils.data import DataError, load_dialogsum, load_sms
 from scripts.finetune import ConfigError, load_config, main, make_plan
 from utils.metrics import rouge
-from utils.results import ResultsError, load_results, load_run, save_predictions, save_run
+from utils.results import ResultsError, load_results, load_run, save_run
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "configs" / "smoke.toml"
@@ -247,6 +247,12 @@ def test_run_id_of_utils_run_is_saved(results_dir, monkeypatch):
     assert res["run_id"] == run.run_id == preds["run_id"].iloc[0] and res["answer"] == 42
 
 
+def _write_predictions(results_dir, run_id=None):
+    """A predictions file written on its own, as by hand or by another run (``save_run`` writes it with results)."""
+    rows = [{"model": "base", **r, **({"run_id": run_id} if run_id else {})} for r in _frame(4, "newer").to_dict("records")]
+    (results_dir / "03_x.predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 def _damage(results_dir, what):
     save_run(FakeRun("03_x", "03-A"), {"base": _frame(4)}, rouge=0.5)
     res, pred = results_dir / "03_x.json", results_dir / "03_x.predictions.jsonl"
@@ -257,11 +263,11 @@ def _damage(results_dir, what):
     elif what == "predictions cut at a line break":
         pred.write_text("".join(pred.read_text().splitlines(keepends=True)[:3]))
     elif what == "predictions of another run":
-        save_predictions(FakeRun("03_x", "03-B"), {"base": _frame(4, "newer")})
+        _write_predictions(results_dir, "03-B")
     elif what == "results of another run":
         FakeRun("03_x", "03-C").save(rouge=0.9)
     elif what == "predictions without run id":
-        save_predictions("03_x", {"base": _frame(4)})
+        _write_predictions(results_dir)
 
 
 RESULT_CASES = {
@@ -545,15 +551,16 @@ def test_a_damaged_smollm2_cache_is_rebuilt(tmp_path, monkeypatch, capsys):
     size = (cache / "model.safetensors").stat().st_size
     with open(cache / "model.safetensors", "r+b") as f:
         f.truncate(size // 2)                                     # a full disk, a killed copy
-    leftover = tmp_path / "smollm2-135m-instruct.tmp"
+    leftover = tmp_path / ".smollm2-135m-instruct.tmp-999999999-dead00"    # a conversion killed half-way
     leftover.mkdir()
-    (leftover / "model.safetensors").write_bytes(b"half")         # a conversion killed half-way
+    (leftover / "model.safetensors").write_bytes(b"half")
     monkeypatch.setattr(models, "SMOLLM2_CACHE", cache)
     assert models.smollm2_checkpoint() == cache
     out = capsys.readouterr().out
     assert f"is damaged (model.safetensors has {size // 2:,} bytes, its header announces {size:,})" in out
-    assert "converting it again" in out and "left half-written by an interrupted conversion" in out
+    assert "converting it again" in out
     assert models._smollm2_cache_problem(cache) is None and not leftover.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [cache.name]          # nothing half-written is left
     assert (cache / "model.safetensors").stat().st_size == size
 
 

@@ -23,12 +23,11 @@ def smollm2():
 
 @pytest.fixture(scope="module")
 def tiny_t5(tmp_path_factory):
-    from utils.profiles import get_profile
-    from utils.t5 import load_t5, t5_tokenizer, tiny_t5_checkpoint
+    from t5_stand_in import offline_t5_tokenizer, tiny_t5_checkpoint
+    from utils.t5 import load_t5
 
-    tok = t5_tokenizer(get_profile("smoke"))
-    path = tiny_t5_checkpoint(tok, tmp_path_factory.mktemp("t5") / "init", d_model=32, d_ff=64, d_kv=8,
-                              num_heads=4, num_layers=1, num_decoder_layers=1, dropout_rate=0.0)
+    tok = offline_t5_tokenizer()
+    path = tiny_t5_checkpoint(tok, tmp_path_factory.mktemp("t5") / "init")
     return load_t5(path, tok, device="cpu"), tok
 
 

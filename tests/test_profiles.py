@@ -61,12 +61,12 @@ def test_laptop_is_the_real_path_at_cpu_sizes():
 
 def test_overrides_change_only_the_named_sizes():
     p = get_profile("colab", env={"COURSE_OVERRIDE": "spam.train=16, summary.max_steps=2,qlora.eval=4,"
-                                                     "ablation.alpha_ranks=4,8,spam.val=none,qlora.lr=1e-3"})
+                                                     "summary.lr_grid_lora=1e-4,3e-4,spam.val=none,qlora.lr=1e-3"})
     colab = PROFILES["colab"]
     assert (p.spam.train, p.spam.val, p.summary.max_steps, p.qlora.eval) == (16, None, 2, 4)
-    assert p.ablation.alpha_ranks == (4, 8) and p.qlora.lr == 1e-3
+    assert p.summary.lr_grid_lora == (1e-4, 3e-4) and p.qlora.lr == 1e-3
     assert (p.spam.epochs, p.qlora.train, p.llm_model) == (colab.spam.epochs, colab.qlora.train, colab.llm_model)
-    assert p.overrides == ("spam.train=16", "summary.max_steps=2", "qlora.eval=4", "ablation.alpha_ranks=4,8",
+    assert p.overrides == ("spam.train=16", "summary.max_steps=2", "qlora.eval=4", "summary.lr_grid_lora=1e-4,3e-4",
                            "spam.val=none", "qlora.lr=1e-3")
     assert PROFILES["colab"].overrides == () and PROFILES["colab"].qlora.eval == 50      # the table is untouched
     assert apply_overrides(colab, "") is colab
@@ -80,8 +80,9 @@ def test_overrides_change_only_the_named_sizes():
     ("spam.train=-1", r"spam.train='-1' must be a positive integer \(or none"),
     ("qlora.epochs=1.5", r"qlora.epochs='1.5' must be a positive integer"),
     ("qlora.lr=fast", r"qlora.lr='fast' must be a positive number"),
-    ("ablation.rouge_all=maybe", r"ablation.rouge_all='maybe' must be true or false"),
-    ("ablation.alpha_ranks=4,x", r"ablation.alpha_ranks='4,x' must be positive integers"),
+    ("qlora.lr=nan", r"qlora.lr='nan' must be a positive number"),
+    ("summary.lr_grid_lora=1e-3,x", r"summary.lr_grid_lora='1e-3,x' must be positive numbers separated by commas"),
+    ("summary.lr_grid_full=1e-3,0", r"summary.lr_grid_full='1e-3,0' must be positive numbers"),
 ])
 def test_bad_overrides_are_clear_errors(text, message):
     with pytest.raises(ValueError, match="COURSE_OVERRIDE") as err:

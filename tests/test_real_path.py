@@ -42,14 +42,12 @@ NOTEBOOKS = {p.name[:2]: p for p in sorted((ROOT / "notebooks").glob("[0-9][0-9]
 # Sizes: a few examples, one or two optimizer steps, a few generated tokens: code paths, not results.
 OVERRIDE = ",".join([
     "spam.train=4", "spam.val=4", "spam.test=4", "spam.epochs=1", "spam.batch_size=4", "spam.max_length=32",
-    "spam.eval_every=2",
     "summary.train=8", "summary.eval=4", "summary.max_steps=2", "summary.batch_size=4",
     "summary.max_source_length=128", "summary.max_target_length=32", "summary.max_new_tokens=8",
     "qlora.train=8", "qlora.eval=4", "qlora.epochs=1", "qlora.batch_size=2", "qlora.grad_accum=2",
     "qlora.max_length=256", "qlora.max_new_tokens=8",
     "ablation.memory_batch=1", "ablation.memory_seq=32", "ablation.adapter_steps=1", "ablation.train=4",
-    "ablation.eval=2", "ablation.rouge_eval=2", "ablation.rouge_all=false", "ablation.steps=1",
-    "ablation.batch_size=2", "ablation.max_length=256", "ablation.max_new_tokens=8", "ablation.alpha_ranks=16",
+    "ablation.batch_size=2", "ablation.max_length=256", "ablation.max_new_tokens=8",
     "mistakes.train=4", "mistakes.heldout=2", "mistakes.steps=2", "mistakes.batch_size=2", "mistakes.max_length=256",
     "mistakes.generate=2", "mistakes.max_new_tokens=8",
 ])

@@ -10,10 +10,10 @@ from peft import PeftModel, get_peft_model
 from utils.memory import count_parameters
 from utils.generate import generate_summaries
 from utils.prompts import IGNORE_INDEX, INSTRUCTION
-from utils.t5 import (FLAN_T5_BASE, FLAN_T5_BASE_PARAMETERS, Seq2SeqCollator, check_t5_tokenizer,
-                      checkpoint_size_mb, drop_mixed_precision_wrapper, encode_source, encode_target, load_t5,
-                      lora_parameter_count, meta_t5, t5_config, t5_lora_config, t5_tokenizer,
-                      tiny_t5_checkpoint, tokenize_pairs, weights_mb)
+from t5_stand_in import FLAN_T5_BASE, FLAN_T5_BASE_PARAMETERS, offline_t5_tokenizer, t5_config, tiny_t5_checkpoint
+from utils.t5 import (Seq2SeqCollator, check_t5_tokenizer, checkpoint_size_mb, drop_mixed_precision_wrapper,
+                      encode_source, encode_target, load_t5, lora_parameter_count, meta_t5, t5_lora_config,
+                      tokenize_pairs, weights_mb)
 
 # google/flan-t5-base's config.json as published on the hub (what AutoConfig reads on the real path).
 HUB_CONFIG_JSON = {
@@ -41,14 +41,12 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tok():
-    from utils.profiles import get_profile
-    return t5_tokenizer(get_profile("smoke"))
+    return offline_t5_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tok, tmp_path_factory):
-    return tiny_t5_checkpoint(tok, tmp_path_factory.mktemp("t5") / "init", d_model=32, d_ff=64, d_kv=8,
-                              num_heads=4, num_layers=1, num_decoder_layers=1, dropout_rate=0.0)
+    return tiny_t5_checkpoint(tok, tmp_path_factory.mktemp("t5") / "init")
 
 
 def _frame(n=8):

