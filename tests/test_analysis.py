@@ -219,3 +219,27 @@ def test_predictions_folder_and_whose_predictions(tmp_path):
     assert "NOT YOURS" in note and "'smoke'" in note and "COURSE_PREDICTIONS_DIR" in note
     assert "NOT YOURS" in provenance_note(written, "smoke", chosen=False, on_colab=True)  # Colab CPU: fresh clone
     assert provenance_note(written, "colab", chosen=True, on_colab=True) is None          # the student's folder
+
+
+def test_figure_titles_state_what_the_data_show():
+    """Chapter 4's figure titles are computed from the numbers drawn: a title can't go stale when the run changes."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from utils import analysis_figures as figs
+    from utils.analysis import Interval
+
+    base = pd.DataFrame({"rougeL": [0.1, 0.2, 0.3, 0.4, 0.5]})
+    model = pd.DataFrame({"rougeL": [0.3, 0.1, 0.6, 0.5, 0.5]})          # better on 3, worse on 1, tied on 1
+    scores, studies = {"03_x": {"base": base, "qlora": model}}, {"03_x": [("base", "qlora")]}
+    title = lambda fig: fig.axes[0].get_title()                         # noqa: E731
+    assert title(figs.sorted_differences(scores, studies, "rougeL", "03_x")) == \
+        "qlora beats base on 3 of 5 dialogues (above 0: wins)"
+    spread = 100 * max(base["rougeL"].std(), model["rougeL"].std())
+    assert title(figs.score_spread(scores, studies, "rougeL")) == \
+        f"Scores spread widely: up to {spread:.0f} points (s.d.) within a model"
+    assert title(figs.bootstrap_histogram(np.zeros(10), Interval(0.01, -0.02, 0.05), "x", "k")) == \
+        "Paired bootstrap: 95 % of resampled differences lie in [-2.0, +5.0]"
+    rho_title = title(figs.meaning_against_overlap({"03_x": {m: s.assign(cosine=0.5) for m, s in scores["03_x"].items()}},
+                                                   "rougeL", "03_x", 0.4567))
+    assert rho_title == "Meaning and word overlap agree only roughly (ρ = 0.46 for notebook 03)"
+    matplotlib.pyplot.close("all")

@@ -331,3 +331,13 @@ def test_results_name_the_pretrained_model_behind_their_task_results(path):
     assert model, f"results/{path.name} names no model"
     assert not re.search(r"random", model, re.IGNORECASE), \
         f"results/{path.name}: the headline model is random-weight ({model!r}); name the pretrained one in `model`"
+
+
+MAX_CELLS = 50       # issue 14: a student finishes a notebook in one sitting
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_fits_one_sitting(path):
+    cells = nbformat.read(path, as_version=4).cells
+    assert len(cells) <= MAX_CELLS, (f"{path.name} has {len(cells)} cells, more than {MAX_CELLS}: merge cells that "
+                                     f"serve one idea, move plumbing into utils/, or split the notebook")

