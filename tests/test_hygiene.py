@@ -341,3 +341,24 @@ def test_notebook_fits_one_sitting(path):
     cells = nbformat.read(path, as_version=4).cells
     assert len(cells) <= MAX_CELLS, (f"{path.name} has {len(cells)} cells, more than {MAX_CELLS}: merge cells that "
                                      f"serve one idea, move plumbing into utils/, or split the notebook")
+
+
+REFERENCE_CITATION = re.compile(r"REFERENCES\.md\)?\s*§\s*(\d+)")
+
+
+def test_reference_citations_resolve_inside_the_repository():
+    """Every "REFERENCES.md §N" cited by a notebook or test names a section of the repository's REFERENCES.md, and
+    nothing cites the course's private notes (ANCHORS), which readers of the repository cannot open."""
+    sections = set(re.findall(r"^## (\d+)\. ", (ROOT / "REFERENCES.md").read_text(encoding="utf-8"), re.M))
+    assert sections, "REFERENCES.md has no numbered sections"
+    cited, private = {}, []
+    for path in [*NOTEBOOKS, *sorted((ROOT / "tests").glob("*.py")), *sorted((ROOT / "utils").glob("*.py"))]:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".ipynb":
+            text = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells)
+        cited.update({n: path.name for n in REFERENCE_CITATION.findall(text)})
+        if "ANCHORS" in text and path.name != "test_hygiene.py":
+            private.append(path.name)
+    assert cited, "no notebook cites REFERENCES.md"
+    assert {n: p for n, p in cited.items() if n not in sections} == {}
+    assert private == []

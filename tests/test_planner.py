@@ -37,7 +37,7 @@ KNOWN = {"openai-community/gpt2": 124_439_808, "google/flan-t5-base": 247_577_85
 def test_counts_equal_the_instantiated_model(name):
     config = course_config(name)
     assert parameter_count(config) == count_parameters(build(config))[1]
-    if name in KNOWN:                                    # published figures (see ANCHORS.md)
+    if name in KNOWN:                                    # published figures (see REFERENCES.md)
         assert parameter_count(config) == KNOWN[name]
 
 
