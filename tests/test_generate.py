@@ -142,3 +142,18 @@ def test_best_rates_pick_the_lowest_heldout_loss():
     assert best_rates(sweep) == {"full": 1e-4, "lora": 1e-3}
     with pytest.raises(ValueError, match="no finished run"):
         best_rates({"runs": sweep["runs"][:2]})
+
+
+def test_rate_ratio_says_when_a_best_rate_sits_on_the_edge_of_its_grid():
+    from utils.full_vs_lora import rate_ratio
+
+    def sweep(full, lora):
+        return {"runs": [{"method": m, "lr": lr} for m, rates in (("full", full), ("lora", lora)) for lr in rates]}
+
+    inside = sweep([3e-5, 1e-4, 3e-4], [3e-4, 1e-3, 3e-3])
+    assert rate_ratio(inside, {"full": 1e-4, "lora": 1e-3}) == (pytest.approx(10), "")
+    assert rate_ratio(inside, {"full": 1e-4, "lora": 3e-3}) == (pytest.approx(30), "at least ")   # LoRA's top rate won
+    assert rate_ratio(inside, {"full": 3e-5, "lora": 1e-3}) == (pytest.approx(1e-3 / 3e-5), "at least ")
+    assert rate_ratio(inside, {"full": 1e-4, "lora": 3e-4}) == (pytest.approx(3), "at most ")
+    assert rate_ratio(inside, {"full": 3e-4, "lora": 1e-3})[1] == "at most "
+    assert rate_ratio(inside, {"full": 3e-4, "lora": 3e-3})[1] == "undetermined: "

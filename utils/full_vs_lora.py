@@ -193,5 +193,16 @@ def best_rates(sweep: dict) -> dict[str, float]:
     return out
 
 
+def rate_ratio(sweep: dict, best: dict[str, float]) -> tuple[float, str]:
+    """LoRA's best rate over full fine-tuning's, and what the grid lets us say of it: "" (both best rates lie inside
+    their grids), "at least " or "at most " (a best rate on the edge of its grid, so the true best may lie beyond),
+    or "undetermined: " (edges that pull both ways)."""
+    grid = {m: sorted(r["lr"] for r in sweep["runs"] if r["method"] == m) for m in METHODS}
+    low = best["lora"] == grid["lora"][-1] or best["full"] == grid["full"][0]     # the true ratio may be higher
+    high = best["lora"] == grid["lora"][0] or best["full"] == grid["full"][-1]    # ... or lower
+    return best["lora"] / best["full"], {(False, False): "", (True, False): "at least ", (False, True): "at most ",
+                                         (True, True): "undetermined: "}[(low, high)]
+
+
 def output_dir(cache_dir, name: str) -> Path:
     return Path(cache_dir) / f"02_trainer_{name}"
