@@ -25,20 +25,11 @@ course: install
 	$(PY) -m tools.readme
 	COURSE_SCREENSHOT_TO=img/site_landing.png $(PY) -m pytest -q -p no:cacheprovider tests/test_site.py -k screenshot
 
-## Unit tests and, beside them, every notebook re-executed by nbval in course order (04 reads what 02 and 03 wrote),
-## in a temporary copy of the course: the working tree is left as it is. The two run at once (much of the unit tests'
-## time is single-threaded: kernels starting, imports, subprocesses), after the one thing both write, SmolLM2's cached
-## checkpoint, is built; nbval's log is printed when both are done, and either failing fails `make test`.
+## Unit tests, then every notebook re-executed by nbval in course order (04 reads what 02 and 03 wrote), in a
+## temporary copy of the course: the working tree is left as it is.
 test: install
-	$(PY) -c "from utils.models import smollm2_checkpoint; smollm2_checkpoint()"
-	@log=$$(mktemp); \
-	$$(command -v setsid) $(PY) -m tools.runner nbval $(NOTEBOOKS) > $$log 2>&1 & nbval=$$!; \
-	trap 'kill -TERM -- -$$nbval 2>/dev/null || kill -TERM $$nbval 2>/dev/null; rm -f $$log' INT TERM; \
-	$(PY) -m pytest -q tests; unit=$$?; \
-	wait $$nbval; notebooks=$$?; \
-	echo; echo "=== nbval, run beside the unit tests"; cat $$log; rm -f $$log; \
-	echo "unit tests: $$([ $$unit -eq 0 ] && echo passed || echo FAILED); notebooks: $$([ $$notebooks -eq 0 ] && echo passed || echo FAILED)"; \
-	[ $$unit -eq 0 ] && [ $$notebooks -eq 0 ]
+	$(PY) -m pytest -q tests
+	$(PY) -m tools.runner nbval $(NOTEBOOKS)
 
 ## The notebooks under nbval with PyTorch, oneDNN and MKL held to their AVX2 kernels: the float rounding of a CPU
 ## without AVX-512 (checked cells must hold there too), on a machine that has it. As long as the nbval part of `make test`.
