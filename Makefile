@@ -36,7 +36,7 @@ test: install
 test-avx2: install
 	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 $(PY) -m tools.runner nbval $(NOTEBOOKS)
 
-## Chapter 2's learning-rate sweep (full fine-tuning and LoRA at 3 rates each) into results/lr_sweep.json.
+## Chapter 2's learning-rate sweep (full fine-tuning at 3 rates, LoRA at 4) into results/lr_sweep.json.
 experiments-lr: install
 	nice -n 10 $(PY) -m experiments.lr_sweep
 

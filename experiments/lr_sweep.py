@@ -11,6 +11,10 @@ best LoRA rate is about 10x the best full fine-tuning rate.
 
 The results go to ``results/lr_sweep.json`` (written atomically after every run, ``complete`` false until the
 last one), with their provenance: profile, model, data, sizes, date, CPU, versions and seconds.
+
+``--add`` keeps the runs already in that file and trains only the rates it lacks (each run starts from the same
+weights and batches, so a run does not depend on the others): widening the grid costs one run per new rate. The file
+must come from the same profile, model, data and sizes, or the sweep stops and says which differs.
 """
 from __future__ import annotations
 
@@ -35,11 +39,26 @@ def _grid(text: str | None, default) -> tuple[float, ...]:
     return rates
 
 
+def _kept_runs(previous: dict, record: dict) -> list[dict]:
+    """The runs of an earlier sweep that ``record`` can reuse: only from the same profile, model, data and sizes."""
+    for key in ("profile", "model", "data_source", "sizes"):
+        if previous.get(key) != record[key]:
+            raise SystemExit(f"--add: the earlier sweep has {key} {previous.get(key)!r}, this one {record[key]!r}; its "
+                             f"runs are not comparable. Re-run the whole sweep (without --add) or write to another --out.")
+    kept = [{"date": previous.get("date"), **r} for r in previous.get("runs", [])]
+    record["grid"] = {m: sorted({*record["grid"][m], *(r["lr"] for r in kept if r["method"] == m)}) for m in record["grid"]}
+    record["earlier_seconds"] = previous.get("seconds")      # the total below counts every invocation
+    print(f"--add: keeping {len(kept)} run(s) of the earlier sweep ({previous.get('date')})", flush=True)
+    return kept
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--full-rates", help="comma-separated rates for full fine-tuning (default: the profile's)")
     parser.add_argument("--lora-rates", help="comma-separated rates for LoRA (default: the profile's)")
     parser.add_argument("--out", default="lr_sweep", help="results/<OUT>.json (default: lr_sweep)")
+    parser.add_argument("--add", action="store_true",
+                        help="keep the runs already in results/<OUT>.json and train only the rates it lacks")
     args = parser.parse_args(argv)
 
     import utils
@@ -47,7 +66,7 @@ def main(argv=None) -> dict:
     from utils.full_vs_lora import best_rates, make_model, output_dir, summary_task, tokenize, train_method
     from utils.generate import generate_summaries
     from utils.metrics import rouge
-    from utils.results import save_results
+    from utils.results import load_results, save_results
 
     t0 = time.perf_counter()
     profile = utils.get_profile()
@@ -69,10 +88,14 @@ def main(argv=None) -> dict:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "device": utils.describe_device(),
         "cpu": utils.cpu_model(), "torch_threads": torch.get_num_threads(),
         "versions": {"python": platform.python_version(), "torch": torch.__version__}, "runs": []}
+    if args.add:
+        record["runs"] = _kept_runs(load_results(args.out), record)
     print(f"lr sweep | {profile.name} | {task.display} | {len(train_df)} training dialogues, {S.max_steps} steps "
           f"of {S.batch_size} | held-out loss on {len(val_df)}, ROUGE on {len(rouge_df)} | {source}", flush=True)
     for method, rates in grids.items():
         for lr in rates:
+            if any(r["method"] == method and r["lr"] == lr for r in record["runs"]):
+                continue
             model = make_model(task, method, utils.SEED)
             run = train_method(task, model, train_ex, val_ex, S, lr, output_dir(utils.CACHE_DIR, "sweep"),
                                utils.SEED, eval_points=1)
@@ -82,16 +105,16 @@ def main(argv=None) -> dict:
             scores = rouge(preds, rouge_df["references"])
             record["runs"].append({"method": method, "lr": lr, "heldout_loss": None if math.isnan(heldout) else heldout,
                                    "train_loss_first": run["loss"][0][1], "train_loss_last": run["loss"][-1][1],
-                                   "rouge": scores, "seconds": round(run["seconds"], 1),
+                                   "rouge": scores, "seconds": round(run["seconds"], 1), "date": record["date"],
                                    "example": preds[0]})
             print(f"{method:>4} lr {lr:.0e}: held-out loss {heldout:.3f} | ROUGE-2 {scores['rouge2']:.3f} | "
                   f"{run['seconds']:.0f} s", flush=True)
             del model
-            record["seconds"] = round(time.perf_counter() - t0, 1)
+            record["seconds"] = round(time.perf_counter() - t0 + (record.get("earlier_seconds") or 0), 1)
             save_results(args.out, record)
     best = best_rates(record)
-    record.update(complete=True, best=best, ratio_lora_over_full=best["lora"] / best["full"],
-                  literature_ratio=10.0, seconds=round(time.perf_counter() - t0, 1))
+    record.update(complete=True, best=best, ratio_lora_over_full=best["lora"] / best["full"], literature_ratio=10.0,
+                  seconds=round(time.perf_counter() - t0 + (record.get("earlier_seconds") or 0), 1))
     path = save_results(args.out, record)
     print(f"best: full {best['full']:.0e}, LoRA {best['lora']:.0e} -> ratio {record['ratio_lora_over_full']:.0f}x "
           f"(literature: ~10x) | {record['seconds']:.0f} s | {path}", flush=True)

@@ -157,3 +157,18 @@ def test_rate_ratio_says_when_a_best_rate_sits_on_the_edge_of_its_grid():
     assert rate_ratio(inside, {"full": 1e-4, "lora": 3e-4}) == (pytest.approx(3), "at most ")
     assert rate_ratio(inside, {"full": 3e-4, "lora": 1e-3})[1] == "at most "
     assert rate_ratio(inside, {"full": 3e-4, "lora": 3e-3})[1] == "undetermined: "
+
+
+def test_sweep_add_keeps_comparable_runs_only():
+    from experiments.lr_sweep import _kept_runs
+
+    sizes = {"train": 84, "max_steps": 10}
+    record = {"profile": "smoke", "model": "m", "data_source": "d", "sizes": dict(sizes),
+              "grid": {"full": [1e-4], "lora": [3e-3, 1e-2]}}
+    earlier = {**{k: record[k] for k in ("profile", "model", "data_source")}, "sizes": dict(sizes), "date": "day 1",
+               "seconds": 60.0, "runs": [{"method": "lora", "lr": 1e-3, "heldout_loss": 1.3}]}
+    kept = _kept_runs(earlier, record)
+    assert kept == [{"date": "day 1", "method": "lora", "lr": 1e-3, "heldout_loss": 1.3}]
+    assert record["grid"] == {"full": [1e-4], "lora": [1e-3, 3e-3, 1e-2]} and record["earlier_seconds"] == 60.0
+    with pytest.raises(SystemExit, match=r"--add: the earlier sweep has sizes .* not comparable"):
+        _kept_runs({**earlier, "sizes": {**sizes, "max_steps": 20}}, dict(record))

@@ -49,7 +49,7 @@ class SummarySizes:
     lr_full: float             # offline: the best rates of the committed sweep (results/lr_sweep.json)
     lr_lora: float
     lr_grid_full: tuple[float, ...] = (3e-5, 1e-4, 3e-4)    # `make experiments-lr`: rates tried per method
-    lr_grid_lora: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
+    lr_grid_lora: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2)
     heldout: int = 8           # validation dialogues: the held-out loss of the sweep and of the notebook's curves
     sweep_rouge: int = 4       # validation dialogues the sweep also scores with ROUGE
 
