@@ -8,8 +8,9 @@ from pathlib import Path
 
 import torch
 
-from utils.architectures import OTHER_MODELS
-from utils.t5 import FLAN_T5, check_t5_tokenizer, checkpoint_size_mb, untie_lm_head
+from utils.architectures import OTHER_MODELS, untie_lm_head
+from utils.memory import checkpoint_size_mb
+from utils.t5 import FLAN_T5, check_t5_tokenizer
 
 # google/flan-t5-base's hyper-parameters (from utils.architectures) and what the hub checkpoint holds
 FLAN_T5_BASE = {k: v for k, v in OTHER_MODELS[FLAN_T5].items() if k != "model_type"}

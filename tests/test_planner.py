@@ -36,13 +36,14 @@ KNOWN = {"openai-community/gpt2": 124_439_808, "google/flan-t5-base": 247_577_85
 @pytest.mark.parametrize("name", sorted(LLAMA_FAMILY) + sorted(OTHER_MODELS))
 def test_counts_equal_the_instantiated_model(name):
     config = course_config(name)
-    assert parameter_count(config) == count_parameters(build(config))[1]
+    assert parameter_count(config) == count_parameters(build(config))[1] == count_parameters(meta_model(config))[1]
     if name in KNOWN:                                    # published figures (see REFERENCES.md)
         assert parameter_count(config) == KNOWN[name]
 
 
 def test_gpt2_from_scratch_has_an_untied_head():
     assert parameter_count(GPT2_124M) == count_parameters(build(GPT2_124M))[1] == 163_037_184
+    assert count_parameters(meta_model(GPT2_124M))[1] == 163_037_184
     assert lora_parameter_count(GPT2_124M, 8, "all-linear") == 8 * 165_888 == 1_327_104   # chapter 1's figure
 
 

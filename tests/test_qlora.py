@@ -6,7 +6,8 @@ from peft import get_peft_model
 from utils.architectures import llama_config, meta_model
 from utils.memory import count_parameters
 from utils.prompts import IGNORE_INDEX, build_chat_example
-from utils.qlora import LoRASettings, PadCollator, lora_config, lora_parameter_count, optimizer_name
+from utils.planner import lora_parameter_count
+from utils.qlora import LoRASettings, PadCollator, lora_config, optimizer_name
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -64,15 +65,15 @@ def test_pad_collator():
 def test_exact_counts_from_configuration(name, total, qkvo, all_linear):
     config = llama_config(name)
     assert count_parameters(meta_model(config))[1] == total
-    assert lora_parameter_count(config, LoRASettings(r=16)) == qkvo
-    assert lora_parameter_count(config, LoRASettings(r=16, targets=ALL_LINEAR)) == all_linear
+    assert lora_parameter_count(config, 16, LoRASettings().targets) == qkvo
+    assert lora_parameter_count(config, 16, ALL_LINEAR) == all_linear
     peft_model = get_peft_model(meta_model(config), lora_config(LoRASettings(r=16)))
     assert count_parameters(peft_model)[0] == qkvo              # PEFT agrees with the formula
 
 
 def test_unknown_target_is_an_error():
     with pytest.raises(ValueError, match="unknown or no target"):
-        lora_parameter_count(llama_config("HuggingFaceTB/SmolLM2-135M-Instruct"), LoRASettings(targets=("qkv",)))
+        lora_parameter_count(llama_config("HuggingFaceTB/SmolLM2-135M-Instruct"), 16, ("qkv",))
 
 
 def test_cpu_optimizer_is_plain_adamw():

@@ -7,13 +7,16 @@ import pytest
 import torch
 from peft import PeftModel, get_peft_model
 
-from utils.memory import count_parameters
+from utils.architectures import meta_model as meta_t5
+from utils.memory import checkpoint_size_mb, count_parameters, weights_mb
+from utils.planner import lora_parameter_count as planned
 from utils.generate import generate_summaries
 from utils.prompts import IGNORE_INDEX, INSTRUCTION
 from t5_stand_in import FLAN_T5_BASE, FLAN_T5_BASE_PARAMETERS, offline_t5_tokenizer, t5_config, tiny_t5_checkpoint
-from utils.t5 import (Seq2SeqCollator, check_t5_tokenizer, checkpoint_size_mb, drop_mixed_precision_wrapper,
-                      encode_source, encode_target, load_t5, lora_parameter_count, meta_t5, t5_lora_config,
-                      tokenize_pairs, weights_mb)
+from utils.models import drop_mixed_precision_wrapper
+from utils.t5 import (Seq2SeqCollator, check_t5_tokenizer,
+                      encode_source, encode_target, load_t5, t5_lora_config,
+                      tokenize_pairs)
 
 # google/flan-t5-base's config.json as published on the hub (what AutoConfig reads on the real path).
 HUB_CONFIG_JSON = {
@@ -67,7 +70,7 @@ def _counts(config):
 def test_flan_t5_base_counts_from_literal_hyper_parameters():
     config = t5_config(**FLAN_T5_BASE)
     assert _counts(config) == (FLAN_T5_BASE_PARAMETERS, 3_538_944, 251_116_800) == (247_577_856, 3_538_944, 251_116_800)
-    assert lora_parameter_count(config) == 3_538_944                  # the formula agrees with PEFT
+    assert planned(config, 32, ("q", "v")) == 3_538_944              # the formula agrees with PEFT
 
 
 def test_flan_t5_base_counts_from_hub_config_file(tmp_path):
@@ -87,7 +90,7 @@ def test_head_is_untied_and_a_tied_t5_is_smaller():
 
 def test_unknown_lora_target_is_an_error():
     with pytest.raises(ValueError, match="unknown or no target"):
-        lora_parameter_count(t5_config(**FLAN_T5_BASE), targets=("q_proj",))
+        planned(t5_config(**FLAN_T5_BASE), 32, ("q_proj",))
 
 
 # ----------------------------------------------------------------------------- tokenizer and data

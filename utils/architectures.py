@@ -42,11 +42,45 @@ def llama_config(name: str):
 
 
 def meta_model(config):
-    """The model's full module tree on the meta device (no weights are allocated)."""
-    from transformers import AutoModelForCausalLM
+    """The model's full module tree on the meta device (no weights are allocated), for any configuration the course
+    counts: a decoder (Llama family, GPT-2), T5 (its own output head given back: :func:`untie_lm_head`) or chapter 1's
+    from-scratch GPT-2 (``utils.gpt2.GPTConfig``)."""
+    from transformers import AutoModelForCausalLM, T5ForConditionalGeneration
 
     with torch.device("meta"):
+        if type(config).__name__ == "GPTConfig":
+            from .gpt2 import GPTModel
+            return GPTModel(config)
+        if getattr(config, "model_type", None) == "t5":
+            model = T5ForConditionalGeneration(config)
+            return untie_lm_head(model) if has_separate_head(config) else model
         return AutoModelForCausalLM.from_config(config)
+
+
+def has_separate_head(config) -> bool:
+    """Does this T5 have its own output matrix (T5 v1.1, Flan-T5: ``tie_word_embeddings: false`` in its config file)?
+    transformers 5 forces ``tie_word_embeddings=True`` on ``T5Config`` and keeps the file's ``false`` as
+    ``scale_decoder_outputs=False``; transformers 4 keeps ``tie_word_embeddings`` as written."""
+    return not getattr(config, "scale_decoder_outputs", config.tie_word_embeddings)
+
+
+def untie_lm_head(model):
+    """Give a T5 v1.1 model built from its configuration its own ``lm_head``: transformers 5 ties it to the input
+    embedding (24.7 M parameters fewer than flan-t5-base). Off the meta device the new head is random with std
+    ``factor / sqrt(d_model)``, so that a random model's logits start near unit scale and its loss near
+    ln(vocabulary) (transformers' own init for an untied T5 head uses std ``factor``: a small random model would
+    start at a loss of ~50)."""
+    from torch import nn
+
+    if model.lm_head.weight is not model.shared.weight:
+        return model
+    ref = model.shared.weight
+    head = nn.Linear(model.config.d_model, model.config.vocab_size, bias=False, device=ref.device, dtype=ref.dtype)
+    if ref.device.type != "meta":
+        nn.init.normal_(head.weight, mean=0.0, std=model.config.initializer_factor * model.config.d_model ** -0.5)
+    model.lm_head = head
+    getattr(model, "all_tied_weights_keys", {}).pop("lm_head.weight", None)
+    return model
 
 
 # ----------------------------------------------------------------------------- other architectures

@@ -73,19 +73,6 @@ def load_base(task: SummaryTask, device=None):
     return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def meta_copy(task: SummaryTask, config):
-    """The model's module tree on the meta device (shapes, no memory): for counting what LoRA adds without
-    touching the loaded weights. T5 v1.1 gets its own output head back (see utils.t5.untie_lm_head)."""
-    if task.family == "seq2seq":
-        from .t5 import meta_t5
-
-        return meta_t5(config)
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
-
-
 def lora_config(task: SummaryTask):
     """PEFT's LoraConfig: the brief's T5 recipe, or the same recipe on a causal model's q_proj and v_proj."""
     from peft import LoraConfig, TaskType

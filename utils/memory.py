@@ -34,6 +34,26 @@ def dir_size_mb(path: os.PathLike | str) -> float:
     return sum(f.stat().st_size for f in files) / 2**20
 
 
+def checkpoint_size_mb(model, path) -> float:
+    """``save_pretrained`` into a fresh ``path`` and return its size on disk in MB (2^20 bytes). A PEFT
+    model saves its adapter only; a plain model saves every weight."""
+    import shutil
+
+    from .models import quiet_transformers
+
+    path = Path(path)
+    if path.exists():
+        shutil.rmtree(path)
+    with quiet_transformers():
+        model.save_pretrained(path)
+    return dir_size_mb(path)
+
+
+def weights_mb(n_parameters: int, dtype: torch.dtype = torch.float32) -> float:
+    """What ``n_parameters`` weights take at ``dtype``, in MB (2^20 bytes): the floor of a checkpoint's size."""
+    return n_parameters * torch.empty(0, dtype=dtype).element_size() / 2**20
+
+
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20

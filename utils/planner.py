@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .architectures import has_separate_head
 from .memory import NF4_DQ_BITS
 
 LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3")
@@ -32,12 +33,6 @@ def family(config) -> str:
         return "gpt2-scratch"
     raise ValueError(f"the planner knows Llama-family ({', '.join(LLAMA_LIKE)}), GPT-2 and T5 configurations, "
                      f"not {type(config).__name__} (model_type={kind!r}); add its formulas to utils/planner.py.")
-
-
-def _t5_separate_head(config) -> bool:
-    # transformers 5 forces ``tie_word_embeddings=True`` on T5Config and keeps the file's ``false`` as
-    # ``scale_decoder_outputs=False``; transformers 4 keeps ``tie_word_embeddings`` as written.
-    return not getattr(config, "scale_decoder_outputs", config.tie_word_embeddings)
 
 
 def _head_dim(config) -> int:
@@ -125,7 +120,7 @@ def parameter_parts(config) -> dict[str, int]:
         parts["embeddings"] = config.vocab_size * d                          # shared by encoder and decoder
         parts["norms"] = config.num_layers * 2 * d + config.num_decoder_layers * 3 * d + 2 * d
         parts["relative position bias"] = 2 * config.relative_attention_num_buckets * config.num_heads
-        parts["output head"] = config.vocab_size * d if _t5_separate_head(config) else 0
+        parts["output head"] = config.vocab_size * d if has_separate_head(config) else 0
     return parts
 
 
@@ -285,25 +280,3 @@ def estimate_memory(config, plan: Plan = Plan()) -> dict[str, float]:
     parts = {"weights": weights, "trainable copy": trainable_copy, "gradients": gradients,
              "optimizer states": optimizer, "activations": activations, "logits and loss": logits}
     return parts | {"total": sum(parts.values())}
-
-
-def instantiated_count(config) -> int:
-    """Parameters of the model a configuration describes, instantiated on PyTorch's ``meta`` device (shapes only,
-    no memory): the reference the formulas above are checked against."""
-    import torch
-
-    from .memory import count_parameters
-
-    fam = family(config)
-    with torch.device("meta"):
-        if fam == "gpt2-scratch":
-            from .gpt2 import GPTModel
-            return count_parameters(GPTModel(config))[1]
-        if fam == "t5":                    # transformers 5 ties T5's head when built from a config
-            from transformers import T5ForConditionalGeneration
-            model = T5ForConditionalGeneration(config)
-            if _t5_separate_head(config):  # flan-t5's own output matrix
-                model.lm_head = torch.nn.Linear(config.d_model, config.vocab_size, bias=False)
-            return count_parameters(model)[1]
-    from .architectures import meta_model
-    return count_parameters(meta_model(config))[1]

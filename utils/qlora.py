@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .planner import lora_parameter_count as planned_lora_count
 from .prompts import IGNORE_INDEX, build_chat_example, chat_prompt_ids
 
 
@@ -50,12 +49,6 @@ def attach_lora(model, s: LoRASettings = LoRASettings()):
 def add_lora(model, s: LoRASettings = LoRASettings(), gradient_checkpointing: bool = True):
     """Both steps at once: ``prepare_4bit_base`` then ``attach_lora``."""
     return attach_lora(prepare_4bit_base(model, gradient_checkpointing), s)
-
-
-def lora_parameter_count(config, s: LoRASettings = LoRASettings()) -> int:
-    """LoRA parameters of this recipe from a model's configuration alone: ``utils.planner.lora_parameter_count``
-    (r x (in + out) per target) with the settings' rank and targets."""
-    return planned_lora_count(config, s.r, s.targets)
 
 
 def tokenize_examples(frame, tokenizer, max_length: int) -> list[dict]:

@@ -1,28 +1,17 @@
 """Flan-T5 for chapter 2 on the online profiles: configuration, loading, tokenizer checks, Seq2Seq data, sizes.
 (Offline, chapter 2's task evidence comes from SmolLM2-135M-Instruct: ``utils.full_vs_lora.summary_task``.)
 
-The exact parameter counts of flan-t5-base come from its configuration alone: the model is built on
-PyTorch's ``meta`` device (shapes, no memory), from the hub's config online or offline from the
-hyper-parameters in ``utils.architectures``, the course's one table of model configurations.
-
-A transformers 5 detail worth knowing: ``T5Config`` always sets ``tie_word_embeddings=True`` (it keeps
-the file's ``false`` only as "do not rescale the decoder output"), so ``T5ForConditionalGeneration(config)``
-ties ``lm_head`` to the input embedding even for T5 v1.1 / Flan-T5, whose head is a separate matrix.
-Loading a real checkpoint unties it again (with a warning that both tensors differ); a model built from a
-config must be untied by hand (:func:`untie_lm_head`), or it has 24.7 M parameters fewer than flan-t5-base.
+The exact parameter counts of flan-t5-base come from its configuration alone (``utils.architectures.meta_model``
+builds it on PyTorch's ``meta`` device and gives it back its own output head, which transformers 5 ties to the
+embedding when it builds T5 from a configuration), from the hub's config online, offline from
+``utils.architectures``, the course's one table of model configurations.
 """
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import torch
-from torch import nn
 
-from .architectures import course_config
-from .memory import dir_size_mb
+from .architectures import course_config, has_separate_head
 from .models import quiet_transformers
-from .planner import lora_parameter_count as planned_lora_count
 from .prompts import IGNORE_INDEX, t5_prompt
 
 FLAN_T5 = "google/flan-t5-base"
@@ -42,65 +31,11 @@ def flan_t5_config(profile):
     return course_config(FLAN_T5)
 
 
-def has_separate_head(config) -> bool:
-    """T5 v1.1 / Flan-T5 (config file: ``tie_word_embeddings: false``) have their own output matrix;
-    transformers 5 records that as ``scale_decoder_outputs=False``."""
-    return not getattr(config, "scale_decoder_outputs", True)
-
-
-def untie_lm_head(model):
-    """Give a T5 v1.1 model built from its config its own ``lm_head`` (see the module docstring).
-    Off the meta device the new head is random with std ``factor / sqrt(d_model)``, so that a random model's
-    logits start near unit scale and its loss near ln(vocabulary). (transformers' own init for an untied T5
-    head uses std ``factor``, which starts a small random model at a loss of ~50 that training spends its
-    first steps bringing down.)"""
-    if model.lm_head.weight is not model.shared.weight:
-        return model
-    ref = model.shared.weight
-    head = nn.Linear(model.config.d_model, model.config.vocab_size, bias=False, device=ref.device, dtype=ref.dtype)
-    if ref.device.type != "meta":
-        nn.init.normal_(head.weight, mean=0.0, std=model.config.initializer_factor * model.config.d_model ** -0.5)
-    model.lm_head = head
-    getattr(model, "all_tied_weights_keys", {}).pop("lm_head.weight", None)
-    return model
-
-
-def meta_t5(config):
-    """The full module tree of a T5 model on the meta device: exact shapes, no weights allocated."""
-    from transformers import T5ForConditionalGeneration
-
-    with torch.device("meta"):
-        model = T5ForConditionalGeneration(config)
-    return untie_lm_head(model) if has_separate_head(config) else model
-
-
-def lora_parameter_count(config, r: int = T5_LORA["r"], targets=tuple(T5_LORA["target_modules"])) -> int:
-    """LoRA parameters of a T5 model from its configuration: ``utils.planner.lora_parameter_count`` (r x (in + out)
-    per adapted projection, in every attention block), with the brief's T5 recipe as defaults."""
-    return planned_lora_count(config, r, targets)
-
-
 def t5_lora_config(**overrides):
     """PEFT's ``LoraConfig`` for a sequence-to-sequence model, with the brief's T5 recipe."""
     from peft import LoraConfig, TaskType
 
     return LoraConfig(**{**T5_LORA, **overrides}, task_type=TaskType.SEQ_2_SEQ_LM)
-
-
-def checkpoint_size_mb(model, path) -> float:
-    """``save_pretrained`` into a fresh ``path`` and return its size on disk in MB (2^20 bytes). A PEFT
-    model saves its adapter only; a plain model saves every weight."""
-    path = Path(path)
-    if path.exists():
-        shutil.rmtree(path)
-    with quiet_transformers():
-        model.save_pretrained(path)
-    return dir_size_mb(path)
-
-
-def weights_mb(n_parameters: int, dtype: torch.dtype = torch.float32) -> float:
-    """What ``n_parameters`` weights take at ``dtype``, in MB (2^20 bytes): the floor of a checkpoint's size."""
-    return n_parameters * torch.empty(0, dtype=dtype).element_size() / 2**20
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -156,9 +91,6 @@ def load_t5(name_or_path, tokenizer=None, device=None):
     if tokenizer is not None:
         check_t5_tokenizer(tokenizer, model.config)
     return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-from .models import drop_mixed_precision_wrapper  # noqa: E402,F401 - one copy, shared with notebook 03
 
 
 # ----------------------------------------------------------------------------- data
