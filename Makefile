@@ -25,11 +25,11 @@ course: install
 	$(PY) -m tools.readme
 	COURSE_SCREENSHOT_TO=img/site_landing.png $(PY) -m pytest -q -p no:cacheprovider tests/test_site.py -k screenshot
 
-## Unit tests, then every notebook re-executed by nbval in course order (04 reads what 02 and 03 wrote), in a
-## temporary copy of the course: the working tree is left as it is.
+## The unit tests and every notebook re-executed by nbval (04 after 02 and 03, whose predictions it reads), in a
+## temporary copy of the course: the working tree is left as it is. Two jobs at a time on a machine with 2+ cores
+## and 16+ GiB (COURSE_TEST_JOBS=1: one at a time).
 test: install
-	$(PY) -m pytest -q tests
-	$(PY) -m tools.runner nbval $(NOTEBOOKS)
+	$(PY) -m tools.runner test $(NOTEBOOKS)
 
 ## The notebooks under nbval with PyTorch, oneDNN and MKL held to their AVX2 kernels: the float rounding of a CPU
 ## without AVX-512 (checked cells must hold there too), on a machine that has it. As long as the nbval part of `make test`.

@@ -1,9 +1,16 @@
 """Run the notebooks in course order and report a per-notebook table (result, seconds, peak memory, profile).
 
-``python -m tools.runner execute NB...``  re-executes notebooks in place, refreshing their outputs, img/ and
-                                          results/ (``make course``: the one command that refreshes them);
-``python -m tools.runner nbval NB...``    re-executes them under nbval, one pytest per notebook (``make test``), in a
-                                          temporary copy of the course, so that the working tree stays as it was.
+``python -m tools.runner execute NB...``  re-executes notebooks in place, one after the other, refreshing their
+                                          outputs, img/ and results/ (``make course``: the one command that
+                                          refreshes them);
+``python -m tools.runner test NB...``     the unit tests (``pytest tests``), then each notebook under nbval
+                                          (``make test``), in a temporary copy of the course, so that the working
+                                          tree stays as it was;
+``python -m tools.runner nbval NB...``    the same without the unit tests.
+
+Under ``test`` and ``nbval`` the jobs run two at a time where the machine has the cores and memory for it
+(``COURSE_TEST_JOBS`` sets the number; 1 runs them one after the other), each with its share of the cores, and a
+notebook starts only after the notebooks it reads (:data:`READS`). Each job's output is printed when it ends.
 """
 from __future__ import annotations
 
@@ -19,6 +26,9 @@ from pathlib import Path
 from utils.paths import CACHE_DIR, ROOT
 from utils.profiles import cpu_model
 
+# Notebooks that read what others wrote: 04 analyses the predictions 02 and 03 save in results/.
+READS = {"04": ("02", "03")}
+
 
 def _profile_of(root: Path, nb: Path) -> str:
     try:
@@ -27,10 +37,10 @@ def _profile_of(root: Path, nb: Path) -> str:
         return "?"
 
 
-def _call(cmd: list[str], cwd: Path, env: dict | None = None) -> tuple[int, float]:
+def _call(cmd: list[str], cwd: Path, env: dict | None = None, log=None) -> tuple[int, float]:
     """Exit status and peak resident memory (MB) of a command: the largest of its process and the
     processes it waited for (the notebook's kernel), as the kernel's accounting reports it (Linux)."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT if log else None)
     _, status, usage = os.wait4(proc.pid, 0)
     return os.waitstatus_to_exitcode(status), usage.ru_maxrss / 1024     # ru_maxrss is in KiB on Linux
 
@@ -52,38 +62,91 @@ def copy_course(dest: Path) -> Path:
     return dest
 
 
+def test_jobs() -> int:
+    """How many jobs run at once: ``COURSE_TEST_JOBS``, else 2 on a machine with 2+ cores and 16+ GiB of
+    memory (two notebooks at once need about 10 GB), else 1."""
+    value = os.environ.get("COURSE_TEST_JOBS", "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise SystemExit(f"COURSE_TEST_JOBS={value!r}: give a whole number of jobs, 1 or more (1: one at a time).")
+        return int(value)
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return 2 if (os.cpu_count() or 1) >= 2 and memory_gib >= 16 else 1
+
+
+def _schedule(jobs: list[dict], workers: int, logs: Path) -> list[tuple]:
+    """Run ``jobs`` (dicts: name, cmd, cwd, env, after) ``workers`` at a time, in order, each once those it comes
+    after have ended; returns (name, result, seconds, peak MB) rows in the jobs' order."""
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    waiting, running, done = list(jobs), {}, {}
+    while waiting or running:
+        for job in [j for j in waiting if all(a in done for a in j["after"])][:workers - len(running)]:
+            waiting.remove(job)
+            env = job["env"] if workers == 1 else {**job["env"], "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+            log = open(logs / f"{len(done) + len(running)}.log", "w")
+            proc = subprocess.Popen(job["cmd"], cwd=job["cwd"], env=env, stdout=log, stderr=subprocess.STDOUT)
+            running[proc.pid] = (job, log, time.perf_counter())
+        if not running:
+            raise SystemExit(f"{[j['name'] for j in waiting]} wait for jobs that never run: check READS.")
+        pid, status, usage = os.wait4(-1, 0)
+        if pid not in running:
+            continue
+        job, log, t0 = running.pop(pid)
+        log.close()
+        result = "passed" if os.waitstatus_to_exitcode(status) == 0 else f"FAILED ({os.waitstatus_to_exitcode(status)})"
+        done[job["name"]] = (result, time.perf_counter() - t0, usage.ru_maxrss / 1024)  # ru_maxrss: KiB on Linux
+        print(f"\n=== {job['name']}: {result} after {done[job['name']][1]:.0f} s", flush=True)
+        print(Path(log.name).read_text(errors="replace"), flush=True)
+    return [(j["name"], *done[j["name"]]) for j in jobs]
+
+
 def main(argv: list[str]) -> int:
     mode, notebooks = argv[0], [Path(a) for a in argv[1:]]
-    if mode not in ("execute", "nbval"):
-        raise SystemExit(f"unknown mode {mode!r}: use `execute` (refresh outputs in place) or `nbval` (test).")
-    tmp = tempfile.TemporaryDirectory(prefix="course-nbval-") if mode == "nbval" else None
+    if mode not in ("execute", "test", "nbval"):
+        raise SystemExit(f"unknown mode {mode!r}: use `execute` (refresh outputs in place), `test` (unit tests and "
+                         f"nbval) or `nbval`.")
+    tmp = tempfile.TemporaryDirectory(prefix="course-nbval-") if mode != "execute" else None
     root = copy_course(Path(tmp.name)) if tmp else ROOT
     env = {**os.environ, "PYTHONPATH": str(root), "COURSE_CACHE_DIR": str(CACHE_DIR)}
-    if tmp:
-        print(f"nbval runs in a temporary copy of the course: the working tree is left as it is", flush=True)
-    rows, failed = [], False
+    rows, start = [], time.perf_counter()
     try:
-        for nb in notebooks:
-            print(f"\n=== {mode}: {nb.name}", flush=True)
-            rel = nb.resolve().relative_to(ROOT)
-            cmd = ([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute", "--inplace",
-                    "--ExecutePreprocessor.timeout=1800", str(rel)] if mode == "execute" else
-                   [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
-                    "--nbval-current-env", "--nbval-cell-timeout=1800", str(rel)])
-            t0 = time.perf_counter()
-            rc, peak_mb = _call(cmd, root, env)
-            rows.append((nb.name, "passed" if rc == 0 else f"FAILED ({rc})", time.perf_counter() - t0, peak_mb,
-                         _profile_of(root, nb)))
-            failed |= rc != 0
+        if mode == "execute":
+            for nb in notebooks:
+                print(f"\n=== execute: {nb.name}", flush=True)
+                cmd = [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute", "--inplace",
+                       "--ExecutePreprocessor.timeout=1800", str(nb.resolve().relative_to(ROOT))]
+                t0 = time.perf_counter()
+                rc, peak_mb = _call(cmd, root, env)
+                rows.append((nb.name, "passed" if rc == 0 else f"FAILED ({rc})", time.perf_counter() - t0, peak_mb))
+        else:
+            workers = test_jobs()
+            print(f"nbval runs in a temporary copy of the course: the working tree is left as it is; "
+                  f"{workers} job(s) at a time", flush=True)
+            if workers > 1 and notebooks:   # convert SmolLM2 to its cache once, before two jobs could both start to
+                subprocess.run([sys.executable, "-c", "from utils.models import smollm2_checkpoint as c; c()"],
+                               cwd=ROOT, check=True)
+            jobs = [] if mode == "nbval" else [dict(     # the unit tests read the working tree, as before
+                name="unit tests", cmd=[sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+                cwd=ROOT, env=dict(os.environ), after=[])]
+            names = {nb.name[:2]: nb.name for nb in notebooks}
+            jobs += [dict(name=nb.name, cwd=root, env=env, after=[names[k] for k in READS.get(nb.name[:2], ())
+                                                                  if k in names],
+                          cmd=[sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
+                               "--nbval-current-env", "--nbval-cell-timeout=1800",
+                               str(nb.resolve().relative_to(ROOT))]) for nb in notebooks]
+            with tempfile.TemporaryDirectory(prefix="course-test-logs-") as logs:
+                rows = _schedule(jobs, workers, Path(logs))
+        profiles = {nb.name: _profile_of(root, nb) for nb in notebooks}
     finally:
         if tmp:
             tmp.cleanup()
     print(f"\nCPU: {cpu_model()}")
-    print(f"{'notebook':<44} {'result':<12} {'seconds':>8} {'peak RSS (MB)':>14}  profile")
-    for name, res, sec, peak, prof in rows:
-        print(f"{name:<44} {res:<12} {sec:8.0f} {peak:14,.0f}  {prof}")
-    print(f"{'total':<44} {'':<12} {sum(r[2] for r in rows):8.0f}")
-    return 1 if failed else 0
+    print(f"{'job':<44} {'result':<12} {'seconds':>8} {'peak RSS (MB)':>14}  profile")
+    for name, res, sec, peak in rows:
+        print(f"{name:<44} {res:<12} {sec:8.0f} {peak:14,.0f}  {profiles.get(name, '')}")
+    print(f"{'sum of the jobs':<44} {'':<12} {sum(r[2] for r in rows):8.0f}")
+    print(f"{'wall time':<44} {'':<12} {time.perf_counter() - start:8.0f}")
+    return 1 if any(r[1] != "passed" for r in rows) else 0
 
 
 if __name__ == "__main__":
