@@ -15,8 +15,8 @@ model, which dequantizes every weight at every matmul; the LoRA arithmetic compa
 Every configuration trains on the same dialogues in the same order (except the seed repeat), with the same
 learning rate and steps, and is scored by its mean loss per summary token on held-out dialogues (the
 validation split, never trained on). A difference is reported as a finding only when it
-exceeds the seed noise floor by the margin of :data:`utils.ablation.NOISE_MARGIN` and its paired
-bootstrap interval over the held-out dialogues excludes zero (:func:`utils.ablation.judge`).
+exceeds the seed noise floor by the margin of :data:`NOISE_MARGIN` and its paired
+bootstrap interval over the held-out dialogues excludes zero (:func:`judge`).
 
 Progress is saved after each configuration (``.cache/ablation.partial.json``); an interrupted run resumes
 where it stopped when started again with the same sizes. The final file is written atomically.
@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from utils import SEED, get_profile
-from utils.ablation import NOISE_MARGIN, adamw, fixed_batches, held_out_losses, judge, train_steps
+from utils.ablation import adamw, fixed_batches, held_out_losses, train_steps
+from utils.analysis import paired_bootstrap
 from utils.paths import CACHE_DIR, RESULTS_DIR
 from utils.planner import lora_parameter_count, resolve_targets
 from utils.profiles import SMOLLM2
@@ -43,6 +44,41 @@ from utils.profiles import SMOLLM2
 RESULTS = RESULTS_DIR / "ablation.json"
 PARTIAL = CACHE_DIR / "ablation.partial.json"
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+# ----------------------------------------------------------------------------- what counts as a finding
+
+NOISE_MARGIN = 2.0        # a finding must exceed NOISE_MARGIN x the seed-to-seed difference
+
+
+@dataclass(frozen=True)
+class Verdict:
+    a: str
+    b: str
+    difference: float           # mean held-out loss of a - of b (negative: a is better)
+    low: float                  # 95 % paired bootstrap interval over held-out dialogues
+    high: float
+    noise_floor: float          # |difference| between two seeds of one configuration
+    resolved: bool
+
+    def sentence(self) -> str:
+        better, worse = (self.a, self.b) if self.difference < 0 else (self.b, self.a)
+        ci = f"[{self.low:+.4f}, {self.high:+.4f}]"
+        if self.resolved:
+            return f"{better} beats {worse} by {abs(self.difference):.4f} (95 % CI {ci}; seed noise {self.noise_floor:.4f})"
+        return (f"{self.a} vs {self.b}: {self.difference:+.4f} {ci}, not resolved "
+                f"(needs > {NOISE_MARGIN:g} x seed noise {self.noise_floor:.4f} and a CI without 0)")
+
+
+def judge(losses: dict[str, np.ndarray], a: str, b: str, noise_floor: float, seed: int = 0) -> Verdict:
+    """Compare configurations ``a`` and ``b`` by their per-dialogue held-out losses (same dialogues, same
+    order). Resolved when |mean difference| > NOISE_MARGIN x ``noise_floor`` and the paired bootstrap 95 %
+    interval excludes zero: both the training noise (seed) and the choice of dialogues are beaten."""
+    x, y = np.asarray(losses[a], float), np.asarray(losses[b], float)
+    iv = paired_bootstrap(y, x, seed=seed)            # an interval of mean(x - y), the sign of `diff`
+    diff = float(x.mean() - y.mean())
+    resolved = abs(diff) > NOISE_MARGIN * noise_floor and iv.excludes_zero()
+    return Verdict(a, b, diff, float(iv.low), float(iv.high), float(noise_floor), bool(resolved))
 
 
 @dataclass(frozen=True)

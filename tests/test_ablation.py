@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from utils.ablation import NOISE_MARGIN, fixed_batches, held_out_losses, judge, load_ablation, summary_nll, train_steps
+from experiments.ablation import NOISE_MARGIN, judge
+from utils.ablation import fixed_batches, held_out_losses, load_ablation, summary_nll, train_steps
 from utils.paths import RESULTS_DIR
 from utils.prompts import IGNORE_INDEX
 from utils.qlora import PadCollator
@@ -114,10 +115,6 @@ def test_logits_agree_tolerates_rounding_not_changes():
 def test_a_verdict_reports_the_difference_inside_its_own_interval():
     """The difference a - b and its paired interval have the same sign (an interval of b - a once said
     "+0.033 [-0.052, -0.014]")."""
-    import numpy as np
-
-    from utils.ablation import judge
-
     rng = np.random.default_rng(0)
     a = rng.normal(2.0, 0.2, 40)
     v = judge({"a": a, "b": a - 0.1 + rng.normal(0, 0.01, 40)}, "a", "b", noise_floor=0.01)

@@ -1,21 +1,17 @@
-"""Plain-PyTorch LoRA training and held-out evaluation for chapter 5, and the rule that decides which
-differences of an ablation are findings.
+"""Plain-PyTorch LoRA training and held-out evaluation for chapter 5.
 
 * :func:`fixed_batches`: the same batches, in the same order, for every configuration (or a reshuffled
   order per seed, for the noise-floor repeat);
 * :func:`summary_nll`: the summed loss on the summary tokens only, computing the vocabulary projection only
   where a label exists (a quarter of the positions: a decoder step on a CPU is 15-20 % cheaper);
-* :func:`train_steps` / :func:`held_out_losses`: AdamW steps; per-dialogue mean loss on held-out dialogues;
-* :func:`judge`: a difference between two configurations counts as a finding only when it exceeds the
-  seed-to-seed noise floor (by a stated margin) *and* its paired bootstrap interval over the held-out
-  dialogues excludes zero. Everything else is reported as "not resolved".
+* :func:`train_steps` / :func:`held_out_losses`: AdamW steps; per-dialogue mean loss on held-out dialogues.
 
-The ablation program (``python -m experiments.ablation``) and notebook 05 both use these functions.
+The ablation program (``python -m experiments.ablation``, which also holds the rule that decides which
+differences are findings) and notebook 05 both use these functions.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -116,43 +112,6 @@ def logits_agree(a: torch.Tensor, b: torch.Tensor, ulps: int = 1024) -> tuple[bo
     same_argmax = bool((a.argmax(-1) == b.argmax(-1))[clear].all())
     return diff <= tol and same_argmax, {"max |difference|": diff, "tolerance": tol, "logit scale": scale,
                                          "positions compared": int(clear.sum()), "positions": int(clear.numel())}
-
-
-# ----------------------------------------------------------------------------- what counts as a finding
-
-NOISE_MARGIN = 2.0        # a finding must exceed NOISE_MARGIN x the seed-to-seed difference
-
-
-@dataclass(frozen=True)
-class Verdict:
-    a: str
-    b: str
-    difference: float           # mean held-out loss of a - of b (negative: a is better)
-    low: float                  # 95 % paired bootstrap interval over held-out dialogues
-    high: float
-    noise_floor: float          # |difference| between two seeds of one configuration
-    resolved: bool
-
-    def sentence(self) -> str:
-        better, worse = (self.a, self.b) if self.difference < 0 else (self.b, self.a)
-        ci = f"[{self.low:+.4f}, {self.high:+.4f}]"
-        if self.resolved:
-            return f"{better} beats {worse} by {abs(self.difference):.4f} (95 % CI {ci}; seed noise {self.noise_floor:.4f})"
-        return (f"{self.a} vs {self.b}: {self.difference:+.4f} {ci}, not resolved "
-                f"(needs > {NOISE_MARGIN:g} x seed noise {self.noise_floor:.4f} and a CI without 0)")
-
-
-def judge(losses: dict[str, np.ndarray], a: str, b: str, noise_floor: float, seed: int = 0) -> Verdict:
-    """Compare configurations ``a`` and ``b`` by their per-dialogue held-out losses (same dialogues, same
-    order). Resolved when |mean difference| > NOISE_MARGIN x ``noise_floor`` and the paired bootstrap 95 %
-    interval excludes zero: both the training noise (seed) and the choice of dialogues are beaten."""
-    from .analysis import paired_bootstrap
-
-    x, y = np.asarray(losses[a], float), np.asarray(losses[b], float)
-    iv = paired_bootstrap(y, x, seed=seed)            # an interval of mean(x - y), the sign of `diff`
-    diff = float(x.mean() - y.mean())
-    resolved = abs(diff) > NOISE_MARGIN * noise_floor and iv.excludes_zero()
-    return Verdict(a, b, diff, float(iv.low), float(iv.high), float(noise_floor), bool(resolved))
 
 
 def load_ablation(path) -> dict:
