@@ -3,9 +3,9 @@
 ``python -m tools.runner execute NB...``  re-executes notebooks in place, one after the other, refreshing their
                                           outputs, img/ and results/ (``make course``: the one command that
                                           refreshes them);
-``python -m tools.runner test NB...``     the unit tests (``pytest tests``), then each notebook under nbval
-                                          (``make test``), in a temporary copy of the course, so that the working
-                                          tree stays as it was;
+``python -m tools.runner test NB...``     the unit tests (``pytest tests``) and each notebook under nbval
+                                          (``make test``), the notebooks in a temporary copy of the course, so
+                                          that the working tree stays as it was;
 ``python -m tools.runner nbval NB...``    the same without the unit tests.
 
 Under ``test`` and ``nbval`` the jobs run two at a time where the machine has the cores and memory for it
