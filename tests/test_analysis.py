@@ -240,6 +240,8 @@ def test_figure_titles_state_what_the_data_show():
     assert title(figs.bootstrap_histogram(np.zeros(10), Interval(0.01, -0.02, 0.05), "x", "k")) == \
         "Paired bootstrap: 95 % of resampled differences lie in [-2.0, +5.0]"
     rho_title = title(figs.meaning_against_overlap({"03_x": {m: s.assign(cosine=0.5) for m, s in scores["03_x"].items()}},
-                                                   "rougeL", "03_x", 0.4567))
-    assert rho_title == "Meaning and word overlap agree only roughly (ρ = 0.46 for notebook 03)"
+                                                   "rougeL", "03_x",
+                                                   {"03 all models": 0.4567, "03 base": 0.9, "03 qlora": 0.2,
+                                                    "02 all models": 0.1}))
+    assert rho_title == "Meaning against word overlap, notebook 03: ρ = 0.46 pooled, 0.20 within qlora"
     matplotlib.pyplot.close("all")

@@ -115,15 +115,21 @@ def length_and_copying(lengths: dict, ref_words, focus: str, main_key, lead_key)
     return fig
 
 
-def meaning_against_overlap(scores, focus: str, main: str, rho: float):
-    """Cosine against ROUGE, one dot per prediction (circles: the ``main`` study's, crosses: the other's)."""
+def meaning_against_overlap(scores, focus: str, main: str, agreement: dict[str, float]):
+    """Cosine against ROUGE, one dot per prediction (circles: the ``main`` study's, crosses: the other's).
+    ``agreement``: Spearman's rho by "<study> all models" and "<study> <model>"; the title gives the ``main``
+    study's pooled rho and its weakest within one model."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for stem, ms in scores.items():
         for m, s in ms.items():
             ax.scatter(100 * s[focus], s["cosine"], s=16, alpha=0.7, color=COLORS.get(m, "k"), label=f"{stem[:2]} {m}",
                        marker="o" if stem == main else "x")
+    within = {m: agreement[f"{main[:2]} {m}"] for m in scores[main]
+              if not np.isnan(agreement.get(f"{main[:2]} {m}", np.nan))}           # nan: a constant column
+    weakest = min(within, key=within.get) if within else None
     ax.set(xlabel=f"{focus} F1 × 100", ylabel="cosine similarity (all-MiniLM-L6-v2)",
-           title=f"Meaning and word overlap agree only roughly (ρ = {rho:.2f} for notebook {main[:2]})")
+           title=f"Meaning against word overlap, notebook {main[:2]}: ρ = {agreement[f'{main[:2]} all models']:.2f} pooled"
+                 + (f", {within[weakest]:.2f} within {weakest}" if weakest else ""))
     ax.legend(fontsize=8)
     return fig
 
