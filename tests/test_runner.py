@@ -11,23 +11,26 @@ from tools import runner
 from tools.runner import READS, _schedule
 
 
-def _job(name, code, after=(), stamp_dir=None):
-    """A job that records its start and end times in stamp_dir/<name>, sleeping in between."""
-    body = (f"import time, pathlib; p = pathlib.Path({str(stamp_dir)!r}) / {name!r}; t0 = time.time(); {code}; "
+def _job(folder, name, code, after=()):
+    """A job that runs ``code`` and records its start and end times in folder/<name>."""
+    body = (f"import time, pathlib; p = pathlib.Path({str(folder)!r}) / {name!r}; t0 = time.time(); {code}; "
             f"p.write_text(f'{{t0}} {{time.time()}}')")
-    return dict(name=name, cmd=[sys.executable, "-c", body], cwd=stamp_dir, env=dict(os.environ), after=list(after))
+    return dict(name=name, cmd=[sys.executable, "-c", body], cwd=folder, env=dict(os.environ), after=list(after))
 
 
-def _span(tmp_path, name):
-    start, end = map(float, (tmp_path / name).read_text().split())
-    return start, end
+def _span(folder, name) -> tuple[float, float]:
+    return tuple(map(float, (folder / name).read_text().split()))
 
 
-def test_a_job_starts_only_after_those_it_reads(tmp_path):
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    jobs = [_job("02", "time.sleep(1.0)", stamp_dir=tmp_path), _job("03", "time.sleep(1.2)", stamp_dir=tmp_path),
-            _job("04", "pass", after=("02", "03"), stamp_dir=tmp_path)]
+@pytest.fixture
+def logs(tmp_path):
+    (tmp_path / "logs").mkdir()
+    return tmp_path / "logs"
+
+
+def test_a_job_starts_only_after_those_it_reads(tmp_path, logs):
+    jobs = [_job(tmp_path, "02", "time.sleep(1.0)"), _job(tmp_path, "03", "time.sleep(1.2)"),
+            _job(tmp_path, "04", "pass", after=("02", "03"))]
     rows = _schedule(jobs, workers=2, logs=logs)
     assert [r[:2] for r in rows] == [("02", "passed"), ("03", "passed"), ("04", "passed")]
     assert _span(tmp_path, "04")[0] >= max(_span(tmp_path, "02")[1], _span(tmp_path, "03")[1])
@@ -35,30 +38,24 @@ def test_a_job_starts_only_after_those_it_reads(tmp_path):
     assert _span(tmp_path, "03")[0] < _span(tmp_path, "02")[1]
 
 
-def test_one_worker_runs_one_job_at_a_time(tmp_path):
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    jobs = [_job(n, "time.sleep(0.2)", stamp_dir=tmp_path) for n in ("a", "b", "c")]
+def test_one_worker_runs_one_job_at_a_time(tmp_path, logs):
+    jobs = [_job(tmp_path, n, "time.sleep(0.2)") for n in ("a", "b", "c")]
     _schedule(jobs, workers=1, logs=logs)
     spans = sorted(_span(tmp_path, n) for n in ("a", "b", "c"))
     assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:]))
 
 
-def test_a_failing_job_is_reported_and_the_others_still_run(tmp_path, capsys):
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    jobs = [_job("bad", "print('the reason'); raise SystemExit(3)", stamp_dir=tmp_path),
-            _job("good", "pass", stamp_dir=tmp_path)]
+def test_a_failing_job_is_reported_and_the_others_still_run(tmp_path, logs, capsys):
+    jobs = [_job(tmp_path, "bad", "print('the reason'); raise SystemExit(3)"),
+            _job(tmp_path, "good", "pass")]
     rows = _schedule(jobs, workers=2, logs=logs)
     assert [r[:2] for r in rows] == [("bad", "FAILED (3)"), ("good", "passed")]
     assert "the reason" in capsys.readouterr().out            # the failing job's log is printed
 
 
-def test_jobs_that_wait_for_a_job_that_never_runs_stop_with_a_message(tmp_path):
-    logs = tmp_path / "logs"
-    logs.mkdir()
+def test_jobs_that_wait_for_a_job_that_never_runs_stop_with_a_message(tmp_path, logs):
     with pytest.raises(SystemExit, match="wait for jobs that never run"):
-        _schedule([_job("04", "pass", after=("02",), stamp_dir=tmp_path)], workers=2, logs=logs)
+        _schedule([_job(tmp_path, "04", "pass", after=("02",))], workers=2, logs=logs)
 
 
 @pytest.mark.parametrize("value", ["0", "two", "-1", "1.5"])
