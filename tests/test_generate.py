@@ -159,6 +159,30 @@ def test_rate_ratio_says_when_a_best_rate_sits_on_the_edge_of_its_grid():
     assert rate_ratio(inside, {"full": 3e-4, "lora": 3e-3})[1] == "undetermined: "
 
 
+def test_committed_sweep_trains_as_notebook_02():
+    """The sweep's claim, "exactly as notebook 02 does", on the committed files: at the notebook's two rates the
+    sweep's held-out loss is the notebook's, to the printed digit. It failed (LoRA 3e-3: 1.3171 against 1.3137)
+    while the sweep evaluated once per run and the notebook twice: each evaluation moves LoRA's dropout draws."""
+    from utils.paths import RESULTS_DIR
+    from utils.results import load_results
+
+    if not all((RESULTS_DIR / f"{n}.json").is_file() for n in ("lr_sweep", "02_flan_t5_full_vs_lora")):
+        pytest.skip("results/lr_sweep.json or results/02_flan_t5_full_vs_lora.json is not committed")
+    sweep, nb = load_results("lr_sweep"), load_results("02_flan_t5_full_vs_lora")
+    same = {"profile": (sweep["profile"], nb["profile"]), "model": (sweep["model"], nb["model"]),
+            "cpu": (sweep["cpu"], nb["cpu"]), "data": (sweep["data_source"], nb["data_source"]),
+            "train": (sweep["sizes"]["train"], nb["sizes"]["train"]),
+            "held-out": (sweep["sizes"]["heldout"], nb["sizes"]["validation"]),
+            "steps": (sweep["sizes"]["max_steps"], nb["max_steps"]), "batch": (sweep["sizes"]["batch_size"], nb["batch_size"])}
+    differ = {k: v for k, v in same.items() if v[0] != v[1]}
+    if differ:      # float rounding differs between CPUs: only runs of one set-up on one CPU must agree
+        pytest.skip(f"the sweep and notebook 02 come from different set-ups: {differ}")
+    for method, lr in nb["lr"].items():
+        rows = [r for r in sweep["runs"] if r["method"] == method and r["lr"] == pytest.approx(lr)]
+        assert len(rows) == 1, f"the sweep has no single {method} run at notebook 02's rate {lr:g}"
+        assert rows[0]["heldout_loss"] == pytest.approx(nb["eval_losses"][method][-1][1], abs=1e-6), method
+
+
 def test_sweep_add_keeps_comparable_runs_only():
     from experiments.lr_sweep import _kept_runs
 

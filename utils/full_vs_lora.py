@@ -128,7 +128,10 @@ def precision(task: SummaryTask) -> str:
     return "no" if (task.family == "seq2seq" and mp == "fp16") else mp
 
 
-def training_arguments(task: SummaryTask, sizes, lr: float, output_dir, seed: int, eval_points: int = 2):
+EVAL_POINTS = 2     # validation-loss evaluations per run (each draws from the global RNG: see experiments/lr_sweep.py)
+
+
+def training_arguments(task: SummaryTask, sizes, lr: float, output_dir, seed: int, eval_points: int = EVAL_POINTS):
     """Identical for both methods but for the learning rate: steps, batch, seed, data order, a constant rate
     without warm-up, fused AdamW (one kernel for every tensor: on a CPU, full fine-tuning's update of 135 M
     weights takes ~0.1 s instead of several seconds), the validation loss ``eval_points`` times."""
@@ -146,7 +149,7 @@ def training_arguments(task: SummaryTask, sizes, lr: float, output_dir, seed: in
 
 
 def train_method(task: SummaryTask, model, train_examples, val_examples, sizes, lr: float, output_dir,
-                 seed: int, eval_points: int = 2) -> dict:
+                 seed: int, eval_points: int = EVAL_POINTS) -> dict:
     """Train ``model`` with the Trainer, measured: seconds, peak memory (GPU allocator, or the process RSS on a
     CPU) and what training added to it, the training losses and the validation losses. After training, the
     autocast wrapper that mixed precision leaves on ``model.forward`` is removed, so the trained model is
