@@ -10,9 +10,9 @@ evaluating at other steps changes LoRA's later dropout masks (full fine-tuning o
 evaluating once per run scored LoRA at 3e-3 at 1.3171 where the notebook, evaluating twice, scores 1.3137.
 
 Each run records its held-out loss (the mean loss on the validation dialogues' summaries after the last step) and
-ROUGE on a few validation dialogues. The best rate of each method
-is the one of lowest held-out loss; their ratio tests the 2025 literature's claim ("LoRA Without Regret") that the
-best LoRA rate is about 10x the best full fine-tuning rate.
+ROUGE on a few validation dialogues. The best rate of each method is the one of lowest held-out loss; their ratio
+tests the 2025 literature's claim ("LoRA Without Regret") that the best LoRA rate is about 10x the best full
+fine-tuning rate.
 
 The results go to ``results/lr_sweep.json`` (written atomically after every run, ``complete`` false until the
 last one), with their provenance: profile, model, data, sizes, date, CPU, versions and seconds.
