@@ -138,23 +138,20 @@ def test_encode_refuses_empty_messages_and_bad_lengths(smollm2):
     assert x.shape == (1, 5) and last.tolist() == [4]
 
 
-def test_shuffled_batches_cover_every_row_once_and_bucket_by_length(smollm2):
+def test_shuffled_batches_cover_every_row_once(smollm2):
     from utils.classifier import batches
 
     texts = [f"message {'word ' * (i % 13)}{i}" for i in range(50)]
     df = pd.DataFrame({"text": texts, "label": [i % 2 for i in range(50)]})
     tok = smollm2.tokenizer
 
-    def run(seed, bucket):
-        out = list(batches(df, tok, 4, 64, shuffle=True, generator=torch.Generator().manual_seed(seed), bucket=bucket))
+    def run(seed):
+        out = list(batches(df, tok, 4, 64, shuffle=True, generator=torch.Generator().manual_seed(seed)))
         rows = [int(tok.decode(x[j, :last[j] + 1]).split()[-1]) for x, last, _ in out for j in range(len(x))]
-        labels = [int(v) for _, _, y in out for v in y]
-        pad = sum(x.numel() - (last + 1).sum().item() for x, last, _ in out)
-        return rows, labels, pad
+        return rows, [int(v) for _, _, y in out for v in y]
 
-    rows, labels, pad_bucketed = run(1, bucket=4)
+    rows, labels = run(1)
     assert sorted(rows) == list(range(50)) and labels == [r % 2 for r in rows]
-    assert run(1, bucket=4)[0] == rows and run(2, bucket=4)[0] != rows      # reproducible, seed-dependent
-    assert pad_bucketed < run(1, bucket=1)[2]                                # bucketing wastes less on padding
+    assert run(1)[0] == rows and run(2)[0] != rows                           # reproducible, seed-dependent
     plain = list(batches(df, tok, 4, 64))
     assert [int(v) for _, _, y in plain for v in y] == df["label"].tolist()  # unshuffled: the order of df

@@ -97,22 +97,13 @@ def encode(tokenizer, texts, max_length: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 def batches(df: pd.DataFrame, tokenizer, batch_size: int, max_length: int, shuffle: bool = False,
-            generator: torch.Generator | None = None, device=None, bucket: int = 8):
-    """(ids, last, labels) per batch, in the order of ``df``; or, with ``shuffle``, a random order drawn from
-    ``generator`` in which each run of ``bucket`` batches holds messages of similar length (shuffled, then sorted
-    by length within groups of ``bucket * batch_size``, then the batches shuffled), so that little compute goes
-    to padding. ``bucket=1`` is a plain shuffle."""
-    if shuffle:
-        order = torch.randperm(len(df), generator=generator).tolist()
-        lengths = {i: len(tokenizer(t)["input_ids"]) for i, t in enumerate(df["text"])}
-        group = max(1, bucket) * batch_size
-        order = [i for g in range(0, len(order), group) for i in sorted(order[g:g + group], key=lengths.get)]
-        chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-        chunks = [chunks[k] for k in torch.randperm(len(chunks), generator=generator).tolist()]
-    else:
-        chunks = [list(range(i, min(i + batch_size, len(df)))) for i in range(0, len(df), batch_size)]
-    for idx in chunks:
-        rows = df.iloc[idx]
+            generator: torch.Generator | None = None, device=None):
+    """(ids, last, labels) per batch, in the order of ``df``, or in a random order drawn from ``generator``.
+    Training batches are not grouped by length: spam runs longer than ham, so length-sorted batches would hold one
+    class each, and every step would swing the head towards that class."""
+    order = torch.randperm(len(df), generator=generator).tolist() if shuffle else list(range(len(df)))
+    for i in range(0, len(order), batch_size):
+        rows = df.iloc[order[i:i + batch_size]]
         x, last = encode(tokenizer, list(rows["text"]), max_length)
         yield x.to(device), last.to(device), torch.tensor(rows["label"].values).to(device)
 
