@@ -155,3 +155,15 @@ def test_shuffled_batches_cover_every_row_once(smollm2):
     assert run(1)[0] == rows and run(2)[0] != rows                           # reproducible, seed-dependent
     plain = list(batches(df, tok, 4, 64))
     assert [int(v) for _, _, y in plain for v in y] == df["label"].tolist()  # unshuffled: the order of df
+
+
+def test_shuffled_batches_mix_the_classes_when_length_follows_the_class(smollm2):
+    """Spam runs longer than ham: batches grouped by length would hold one class each. A plain shuffle mixes them."""
+    from utils.classifier import batches
+
+    df = pd.DataFrame({"text": [f"{'win cash now ' * 6 if i % 2 else 'ok'} {i}" for i in range(64)],
+                       "label": [i % 2 for i in range(64)]})
+    for seed in range(3):
+        out = list(batches(df, smollm2.tokenizer, 8, 64, shuffle=True, generator=torch.Generator().manual_seed(seed)))
+        mixed = sum(0 < int(y.sum()) < len(y) for _, _, y in out)
+        assert len(out) == 8 and mixed == 8, (seed, mixed)
