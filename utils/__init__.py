@@ -59,7 +59,7 @@ class Run:
         for k, v in extra.items():
             print(f"{k:<9}: {v}")
 
-    def provenance(self, n: int | None = None, model: str | None = None) -> str:
+    def provenance(self, n: int | str | None = None, model: str | None = None) -> str:
         """The footnote every figure carries."""
         bits = [f"profile: {self.profile.name}", f"model: {model or self.info.get('model', '?')}"]
         if n is not None:

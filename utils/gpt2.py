@@ -12,19 +12,27 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .architectures import OTHER_MODELS
+
 
 @dataclass(frozen=True)
 class GPTConfig:
-    vocab_size: int = 50257
-    context_length: int = 1024
-    emb_dim: int = 768
-    n_heads: int = 12
-    n_layers: int = 12
+    vocab_size: int
+    context_length: int
+    emb_dim: int
+    n_heads: int
+    n_layers: int
     drop_rate: float = 0.0
     qkv_bias: bool = True      # OpenAI's checkpoints have biases on the query/key/value projections
 
 
-GPT2_124M = GPTConfig()
+def _from_hub_config(hub: dict) -> GPTConfig:
+    """GPTConfig from the hub's GPT-2 config.json keys (kept once, in ``utils.architectures``)."""
+    return GPTConfig(vocab_size=hub["vocab_size"], context_length=hub["n_positions"], emb_dim=hub["n_embd"],
+                     n_heads=hub["n_head"], n_layers=hub["n_layer"])
+
+
+GPT2_124M = _from_hub_config(OTHER_MODELS["openai-community/gpt2"])
 
 
 class MultiHeadAttention(nn.Module):
