@@ -133,13 +133,15 @@ def test_both_methods_see_the_same_batches_in_the_same_order(tiny_t5, tmp_path):
     assert seen["full"] == seen["lora"] and len(seen["full"]) >= 3
 
 
-def test_best_rates_pick_the_lowest_heldout_loss():
-    from utils.full_vs_lora import best_rates
+def test_best_rates_pick_the_lowest_heldout_loss_and_runner_up_says_how_close_the_next_is():
+    from utils.full_vs_lora import best_rates, runner_up
 
     sweep = {"runs": [{"method": "full", "lr": 1e-5, "heldout_loss": 2.0}, {"method": "full", "lr": 1e-4, "heldout_loss": 1.5},
                       {"method": "lora", "lr": 1e-3, "heldout_loss": 1.6}, {"method": "lora", "lr": 1e-4, "heldout_loss": 1.9},
                       {"method": "lora", "lr": 3e-3, "heldout_loss": None}]}
     assert best_rates(sweep) == {"full": 1e-4, "lora": 1e-3}
+    assert runner_up(sweep, "lora") == (1e-4, pytest.approx(0.3))      # the unfinished 3e-3 is not ranked
+    assert runner_up({"runs": sweep["runs"][:1] + sweep["runs"][2:3]}, "full") is None
     with pytest.raises(ValueError, match="no finished run"):
         best_rates({"runs": sweep["runs"][:2]})
 

@@ -172,15 +172,24 @@ def train_method(task: SummaryTask, model, train_examples, val_examples, sizes, 
             "eval_loss": [(h["step"], h["eval_loss"]) for h in logs if "eval_loss" in h]}
 
 
+def ranked_runs(sweep: dict, method: str) -> list[dict]:
+    """A method's finished runs in a sweep record (``results/lr_sweep.json``), lowest held-out loss first."""
+    runs = [r for r in sweep["runs"] if r["method"] == method and r.get("heldout_loss") is not None]
+    if not runs:
+        raise ValueError(f"the sweep holds no finished run of {method!r}; re-run `make experiments-lr`.")
+    return sorted(runs, key=lambda r: r["heldout_loss"])
+
+
 def best_rates(sweep: dict) -> dict[str, float]:
-    """The rate of lowest held-out loss per method in a sweep record (``results/lr_sweep.json``)."""
-    out = {}
-    for method in METHODS:
-        runs = [r for r in sweep["runs"] if r["method"] == method and r.get("heldout_loss") is not None]
-        if not runs:
-            raise ValueError(f"the sweep holds no finished run of {method!r}; re-run `make experiments-lr`.")
-        out[method] = min(runs, key=lambda r: r["heldout_loss"])["lr"]
-    return out
+    """The rate of lowest held-out loss per method in a sweep record."""
+    return {method: ranked_runs(sweep, method)[0]["lr"] for method in METHODS}
+
+
+def runner_up(sweep: dict, method: str) -> tuple[float, float] | None:
+    """A method's second-best rate and how far its held-out loss lies behind the best's (None with one run): how
+    clearly the sweep separates the best rate from the next."""
+    runs = ranked_runs(sweep, method)
+    return (runs[1]["lr"], runs[1]["heldout_loss"] - runs[0]["heldout_loss"]) if len(runs) > 1 else None
 
 
 def rate_ratio(sweep: dict, best: dict[str, float]) -> tuple[float, str]:
