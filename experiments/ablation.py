@@ -1,6 +1,6 @@
 """Chapter 5's LoRA ablation, as a program whose results are committed to ``results/ablation.json``.
 
-    python -m experiments.ablation              # the whole ablation (tens of minutes on 2 CPU cores)
+    python -m experiments.ablation              # the whole ablation (about 7 minutes on 2 CPU cores)
     python -m experiments.ablation --dry-run    # 2 steps of one configuration: checks the machinery
     python -m experiments.ablation --only attention-r16 --steps 3
 
@@ -103,7 +103,12 @@ class Config:
     seed: int = SEED
 
     def target_modules(self, model_config) -> tuple[str, ...]:
-        return ATTENTION if self.targets == "attention" else resolve_targets(model_config, "all-linear")
+        if self.targets == "attention":
+            return ATTENTION
+        if self.targets == "all-linear":
+            return resolve_targets(model_config, "all-linear")
+        raise ValueError(f"{self.name}: targets={self.targets!r} is not 'attention' or 'all-linear'; for another set "
+                         f"of modules, add a branch here that returns their names.")
 
 
 def matched_all_linear_rank(model_config, attention_r: int) -> int:

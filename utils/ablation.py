@@ -130,3 +130,36 @@ def load_ablation(path) -> dict:
     if missing:
         raise ValueError(f"{path} lacks {sorted(missing)}: it was written by another version of the program. {redo}")
     return data
+
+
+def ablation_figure(ablation: dict, title: str):
+    """Held-out loss against trainable parameters for every configuration of an ablation record, with the reference
+    ± margin x seed noise as a band. Labels are spread apart so that configurations of similar size stay legible;
+    the base model's loss, far above, is given in the title instead of stretching the axis."""
+    from .plotting import COLORS, plt
+
+    configs, noise = ablation["configs"], ablation["noise"]
+    kinds = {"attention": ("o", COLORS["qlora"], "LoRA on q, k, v, o"),
+             "all-linear": ("^", COLORS["full"], "LoRA on every linear layer")}
+    fig, ax = plt.subplots(figsize=(8.5, 4.4))
+    ref, band = configs[noise["pair"][0]]["held_out_loss"], noise["margin"] * noise["floor"]
+    ax.axhspan(ref - band, ref + band, color="#dddddd", label=f"reference ± {noise['margin']:g} x seed noise")
+    order = sorted(configs, key=lambda n: configs[n]["held_out_loss"])
+    losses = [configs[n]["held_out_loss"] for n in order]
+    gap, label_y = 0.09 * (max(losses) - min(losses) + 2 * band), []
+    for n in order:                                     # each label at least `gap` above the one below it
+        label_y.append(max(configs[n]["held_out_loss"], label_y[-1] + gap) if label_y else configs[n]["held_out_loss"])
+    for n, y in zip(order, label_y):
+        c = configs[n]
+        marker, color, _ = kinds[c["targets"]]
+        ax.scatter(c["trainable"], c["held_out_loss"], marker=marker, s=60, color=color)
+        ax.annotate(n, (c["trainable"], c["held_out_loss"]), xytext=(c["trainable"] * 1.05, y), fontsize=8, va="center",
+                    arrowprops=dict(arrowstyle="-", color="#999999", lw=0.6))
+    ax.set_xlim(min(c["trainable"] for c in configs.values()) / 1.15, max(c["trainable"] for c in configs.values()) * 1.6)
+    ax.set_ylim(min(losses) - 2 * gap, max(label_y) + 2 * gap)
+    handles = [plt.Line2D([], [], ls="", marker=m, color=col, label=lab) for m, col, lab in kinds.values()]
+    ax.legend(handles=[*ax.get_legend_handles_labels()[0], *handles], fontsize=8)
+    ax.set(xscale="log", xlabel="trainable parameters (log scale)", ylabel="held-out loss per summary token (nats)")
+    ax.set_title(f"{title}\nbase model without an adapter: {ablation['base']['held_out_loss']:.3f} (off this scale)",
+                 fontsize=9)
+    return fig

@@ -143,13 +143,15 @@ def gains_with_intervals(final, metrics):
     for i, comp in enumerate(comparisons):
         for j, metric in enumerate(metrics):
             r = final[(final["comparison"] == comp) & (final["metric"] == metric)].iloc[0]
-            d = r["diff (points)"]
-            ax.errorbar(d, i + (j - 2) * 0.14, xerr=[[d - r["ci low"]], [r["ci high"] - d]],
-                        fmt=MARKERS.get(metric, "D"), color=COLORS.get(r["model"], "k"), capsize=2, ms=5)
+            d, color = r["diff (points)"], COLORS.get(r["model"], "k")
+            resolved = r["interval excludes 0"] and r["p (Holm)"] < 0.05
+            ax.errorbar(d, i + (j - 2) * 0.14, xerr=[[d - r["ci low"]], [r["ci high"] - d]], fmt=MARKERS.get(metric, "D"),
+                        color=color, mfc=color if resolved else "white", capsize=2, ms=5)
     ax.axvline(0, color="k", lw=0.8)
     ax.set_yticks(range(len(comparisons)), comparisons)
     ax.set(xlabel="gain in points (F1 × 100; cosine × 100), paired 95 % interval",
-           title="What each technique gained, and how sure we are")
+           title="What each technique gained, and how sure we are\n(filled: resolved, interval without 0 and Holm p < 0.05; "
+                 "hollow: not)")
     ax.legend(handles=[plt.Line2D([], [], ls="", marker=MARKERS[k], color="#555555", label=k) for k in metrics],
               fontsize=8)
     return fig

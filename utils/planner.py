@@ -152,7 +152,8 @@ def lora_parameter_count(config, r: int, targets=("q_proj", "v_proj")) -> int:
 
 def quantized_parameter_count(config) -> int:
     """Weights that 4-bit loading quantizes: the Linear weights inside the blocks (not their biases, not the
-    embeddings, norms or output head, which stay in 16-bit)."""
+    embeddings, norms or output head, which stay unquantized: fp32 in the planner's QLoRA, as
+    ``prepare_model_for_kbit_training`` casts them)."""
     return sum(layer.count * layer.d_in * layer.d_out for layers in linear_shapes(config).values() for layer in layers)
 
 
