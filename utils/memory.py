@@ -1,6 +1,8 @@
 """Counting parameters, bytes on disk and peak memory (GPU allocator or process RSS on a CPU)."""
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 import threading
 import time
@@ -59,6 +61,17 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def release_freed_memory() -> None:
+    """Hand the memory this process has freed back to the OS (glibc's ``malloc_trim``), so that resident memory counts
+    only what is in use. Without it, the pages of a deleted model stay resident: a measurement that follows starts
+    high and reuses them without its RSS growing, so what it adds is understated. A no-op without glibc (macOS)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _rss_peak_mb() -> float:
     with open("/proc/self/status") as f:
         for line in f:
@@ -70,7 +83,9 @@ def _rss_peak_mb() -> float:
 class PeakMemory:
     """Peak memory inside a ``with`` block: the CUDA allocator's peak on a GPU, else the process's peak RSS as
     RSS sampled every 20 ms, and the kernel's record of the process's peak (VmHWM) where the block raised it
-    (which catches a peak shorter than the sampling interval; VmHWM is never reset, the process's own peak stays). ``peak_mb`` is the peak; ``delta_mb`` what the block added on top of the start."""
+    (which catches a peak shorter than the sampling interval; VmHWM is never reset, the process's own peak stays). On a
+    CPU the block starts after :func:`release_freed_memory`. ``peak_mb`` is the peak; ``delta_mb`` what the block added
+    on top of the start."""
 
     def __init__(self, interval: float = 0.02):
         self.interval, self.peak_mb, self.start_mb, self.kind = interval, 0.0, 0.0, ""
@@ -84,6 +99,7 @@ class PeakMemory:
             self.start_mb = torch.cuda.memory_allocated() / 2**20
         else:
             self.kind = "process peak RSS"
+            release_freed_memory()                     # start from what is in use, not from freed pages still held
             self._hwm_start = _rss_peak_mb()
             self.start_mb = self.peak_mb = _rss_mb()
             self._thread = threading.Thread(target=self._sample, daemon=True)
