@@ -36,6 +36,13 @@ def test_textbook_table_is_reproduced():
     assert textbook_estimate_gb(70_000_000_000)["QLoRA"] == pytest.approx(42.0)
 
 
+def in_a_fresh_process(code: str) -> list[float]:
+    """The numbers ``code`` prints, run in a new Python process from the course root (its memory is its own)."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout.split()
+    return [float(x) for x in out]
+
+
 def test_peak_memory_sees_an_allocation_and_its_release():
     """A 300 MB block allocated and freed within a few milliseconds (shorter than the sampling interval), in a
     fresh process whose peak so far is below it: the kernel's peak record catches it."""
@@ -43,9 +50,7 @@ def test_peak_memory_sees_an_allocation_and_its_release():
             "with Timer() as clock, PeakMemory() as mem:\n"
             "    block = torch.ones(300 * 2**20 // 4); block.add_(1); del block\n"
             "print(mem.delta_mb, mem.peak_mb - mem.start_mb, clock.seconds)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1]).stdout.split()
-    delta, span, seconds = map(float, out)
+    delta, span, seconds = in_a_fresh_process(code)
     assert delta > 200 and delta == span and seconds > 0
 
 
@@ -60,9 +65,7 @@ def test_a_measurement_after_a_freed_model_starts_from_what_is_in_use():
             "held = _rss_mb()\n"
             "with PeakMemory() as mem:\n    pass\n"
             "print(before, held, mem.start_mb)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1]).stdout.split()
-    before, held, start = map(float, out)
+    before, held, start = in_a_fresh_process(code)
     assert held > before + 150                # freed, yet still resident
     assert start < before + 30                # the probe starts from what is in use
 
