@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import pytest
 
@@ -56,6 +57,22 @@ def test_a_failing_job_is_reported_and_the_others_still_run(tmp_path, logs, caps
 def test_jobs_that_wait_for_a_job_that_never_runs_stop_with_a_message(tmp_path, logs):
     with pytest.raises(SystemExit, match="wait for jobs that never run"):
         _schedule([_job(tmp_path, "04", "pass", after=("02",))], workers=2, logs=logs)
+
+
+def test_a_job_past_its_time_is_stopped_and_reported(tmp_path, logs):
+    jobs = [_job(tmp_path, "hung", "import subprocess; subprocess.run(['sleep', '60'])"),
+            _job(tmp_path, "quick", "pass")]
+    start = time.perf_counter()
+    rows = _schedule(jobs, workers=2, logs=logs, timeout=1.5)
+    assert [r[:2] for r in rows] == [("hung", "TIMED OUT (2 s; COURSE_JOB_TIMEOUT)"), ("quick", "passed")]
+    assert time.perf_counter() - start < 20 and not (tmp_path / "hung").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "ten", "inf", "nan"])
+def test_a_bad_job_timeout_names_the_setting(monkeypatch, value):
+    monkeypatch.setenv("COURSE_JOB_TIMEOUT", value)
+    with pytest.raises(SystemExit, match="COURSE_JOB_TIMEOUT"):
+        runner.job_timeout()
 
 
 @pytest.mark.parametrize("value", ["0", "two", "-1", "1.5"])

@@ -10,13 +10,16 @@
 
 Under ``test`` and ``nbval`` the jobs run two at a time where the machine has the cores and memory for it
 (``COURSE_TEST_JOBS`` sets the number; 1 runs them one after the other), each with its share of the cores, and a
-notebook starts only after the notebooks it reads (:data:`READS`). Each job's output is printed when it ends.
+notebook starts only after the notebooks it reads (:data:`READS`). Each job's output is printed when it ends. A job
+that runs past ``COURSE_JOB_TIMEOUT`` seconds (default 2,400: four times the slowest job measured) is stopped, with
+the processes it started, and reported as timed out; the other jobs go on.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -74,26 +77,71 @@ def test_jobs() -> int:
     return 2 if (os.cpu_count() or 1) >= 2 and memory_gib >= 16 else 1
 
 
-def _schedule(jobs: list[dict], workers: int, logs: Path) -> list[tuple]:
+def job_timeout() -> float:
+    """Seconds a job may run: ``COURSE_JOB_TIMEOUT``, else 2,400."""
+    value = os.environ.get("COURSE_JOB_TIMEOUT", "").strip()
+    try:
+        seconds = float(value) if value else 2400.0
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0 or seconds == float("inf"):
+        raise SystemExit(f"COURSE_JOB_TIMEOUT={value!r}: give the seconds a job may run, a positive number "
+                         f"(default 2400).")
+    return seconds
+
+
+def _wait_for_one(running: dict, timeout: float) -> tuple[int, int, object]:
+    """Wait until a running job ends; a job past ``timeout`` seconds is killed with its process group first."""
+    while True:
+        pid, status, usage = os.wait4(-1, os.WNOHANG)
+        if pid:
+            return pid, status, usage
+        now = time.perf_counter()
+        for pid, (job, _, t0) in running.items():
+            if now - t0 > timeout and not job.get("timed_out"):
+                job["timed_out"] = True
+                _kill_group(pid)
+        time.sleep(0.2)
+
+
+def _kill_group(pid: int) -> None:
+    """Kill a job and what it started in its process group (each job runs in a session of its own)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _schedule(jobs: list[dict], workers: int, logs: Path, timeout: float | None = None) -> list[tuple]:
     """Run ``jobs`` (dicts: name, cmd, cwd, env, after) ``workers`` at a time, in order, each once those it comes
-    after have ended; returns (name, result, seconds, peak MB) rows in the jobs' order."""
+    after have ended, each for at most ``timeout`` seconds (default: :func:`job_timeout`); returns (name, result,
+    seconds, peak MB) rows in the jobs' order."""
+    timeout = timeout or job_timeout()
     threads = str(max(1, (os.cpu_count() or 1) // workers))
-    waiting, running, done = list(jobs), {}, {}
+    waiting, running, done = [dict(j) for j in jobs], {}, {}
     while waiting or running:
         for job in [j for j in waiting if all(a in done for a in j["after"])][:workers - len(running)]:
             waiting.remove(job)
             env = job["env"] if workers == 1 else {**job["env"], "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
             log = open(logs / f"{len(done) + len(running)}.log", "w")
-            proc = subprocess.Popen(job["cmd"], cwd=job["cwd"], env=env, stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(job["cmd"], cwd=job["cwd"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
             running[proc.pid] = (job, log, time.perf_counter())
         if not running:
             raise SystemExit(f"{[j['name'] for j in waiting]} wait for jobs that never run: check READS.")
-        pid, status, usage = os.wait4(-1, 0)
+        try:
+            pid, status, usage = _wait_for_one(running, timeout)
+        except BaseException:       # Ctrl-C or an error here: the jobs, in sessions of their own, must not outlive it
+            for pid in running:
+                _kill_group(pid)
+            raise
         if pid not in running:
             continue
         job, log, t0 = running.pop(pid)
         log.close()
-        result = "passed" if os.waitstatus_to_exitcode(status) == 0 else f"FAILED ({os.waitstatus_to_exitcode(status)})"
+        code = os.waitstatus_to_exitcode(status)
+        result = ("passed" if code == 0 else f"FAILED ({code})") if not job.get("timed_out") else \
+            f"TIMED OUT ({timeout:.0f} s; COURSE_JOB_TIMEOUT)"
         done[job["name"]] = (result, time.perf_counter() - t0, usage.ru_maxrss / 1024)  # ru_maxrss: KiB on Linux
         print(f"\n=== {job['name']}: {result} after {done[job['name']][1]:.0f} s", flush=True)
         print(Path(log.name).read_text(errors="replace"), flush=True)
@@ -119,7 +167,7 @@ def main(argv: list[str]) -> int:
                 rc, peak_mb = _call(cmd, root, env)
                 rows.append((nb.name, "passed" if rc == 0 else f"FAILED ({rc})", time.perf_counter() - t0, peak_mb))
         else:
-            workers = test_jobs()
+            workers, _ = test_jobs(), job_timeout()       # a bad setting stops before anything runs
             print(f"nbval runs in a temporary copy of the course: the working tree is left as it is; "
                   f"{workers} job(s) at a time", flush=True)
             if workers > 1 and notebooks:   # convert SmolLM2 to its cache once, before two jobs could both start to
