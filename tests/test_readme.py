@@ -80,6 +80,12 @@ def test_a_timed_command_is_recorded_only_when_it_succeeds(scratch_readme):
     assert "| `make site` | the static site in `_site/` | **" in readme.current_timings()
 
 
+def test_a_command_the_table_does_not_list_is_refused_before_it_runs(scratch_readme, tmp_path):
+    with pytest.raises(SystemExit, match="not a command the Timings table lists"):
+        readme.main(["--time", f"touch {tmp_path / 'ran'}", "--conditions", "idle"])
+    assert not (tmp_path / "ran").exists()
+
+
 def test_a_malformed_timings_file_is_named(scratch_readme):
     (scratch_readme / "timings.json").write_text('{"measurements": {}}')
     with pytest.raises(SystemExit, match="results/timings.json is missing or malformed"):

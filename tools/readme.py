@@ -164,6 +164,9 @@ def record(measurement: dict) -> None:
 def time_command(command: str, conditions: str, label: str | None = None) -> int:
     """Run ``command`` in a shell from the course root; on success, record its wall time on this machine under
     ``label`` (default: the command itself; e.g. ``make install`` for ``make install VENV=/tmp/new-venv``)."""
+    if (label or command) not in COMMANDS:
+        raise SystemExit(f"{label or command!r} is not a command the Timings table lists ({', '.join(COMMANDS)}): "
+                         f"name one with --as, or add it to COMMANDS in tools/readme.py.")
     commit = _git("rev-parse", "--short", "HEAD") + (" + uncommitted changes" if _git("status", "--porcelain") else "")
     start = time.perf_counter()
     rc = subprocess.run(command, shell=True, cwd=ROOT).returncode
@@ -190,10 +193,8 @@ def parse_test_log(text: str, conditions: str) -> dict:
                          "`CPU:` line: give the whole log of `../shared/tools/fresh-clone-test`.")
     if total.group(1) != "0":
         raise SystemExit(f"that run failed (exit {total.group(1)}): only a passing `make test` is recorded.")
-    rows = dict(re.findall(r"^(unit tests|\d\d)\S*\s+passed\s+(\d+)\s+([\d,]+)", text, re.M) and
-                [(name, (int(sec), int(peak.replace(",", ""))))
-                 for name, sec, peak in re.findall(r"^(unit tests|\d\d)\S*\s+passed\s+(\d+)\s+([\d,]+)",
-                                                   text, re.M)])
+    rows = {name: (int(sec), int(peak.replace(",", "")))       # the runner's table: job, result, seconds, peak MB
+            for name, sec, peak in re.findall(r"^(unit tests|\d\d)\S*\s+passed\s+(\d+)\s+([\d,]+)", text, re.M)}
     unit = re.search(r"=== unit tests: passed.*?(\d+) passed", text, re.S)
     m = dict(command="make test", seconds=int(total.group(2)), date=datetime.date.today().isoformat(),
              commit=commit.group(1), cpu=cpu.group(1).strip(),
@@ -231,9 +232,7 @@ def write() -> None:
     """Regenerate both blocks of README.md (atomically)."""
     text = README.read_text()
     text = text.replace(_between(text, BEGIN, END), block()).replace(_between(text, T_BEGIN, T_END), timings_block())
-    tmp = README.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(README)
+    atomic_write_text(README, text)
 
 
 def main(argv: list[str] | None = None) -> int:
