@@ -54,7 +54,7 @@ def test_a_fresh_clone_log_becomes_a_measurement():
 
 @pytest.mark.parametrize("log, error", [(LOG.replace("ci: exit 0", "ci: exit 2"), "failed (exit 2)"),
                                         (LOG.replace("CPU: ", "cpu "), "`CPU:` line"),
-                                        ("", "fresh-clone-test's first line")])
+                                        ("", ".ci/fresh-clone's first line")])
 def test_a_failed_or_partial_log_is_refused(log, error):
     with pytest.raises(SystemExit, match=re.escape(error)):
         readme.parse_test_log(log, "fresh clone")
