@@ -169,16 +169,20 @@ def time_command(command: str, conditions: str, label: str | None = None) -> int
         raise SystemExit(f"{label or command!r} is not a command the Timings table lists ({', '.join(COMMANDS)}): "
                          f"name one with --as, or add it to COMMANDS in tools/readme.py.")
     commit = _git("rev-parse", "--short", "HEAD") + (" + uncommitted changes" if _git("status", "--porcelain") else "")
-    start = time.perf_counter()
-    rc = subprocess.run(command, shell=True, cwd=ROOT).returncode
+    start, out = time.perf_counter(), []
+    with subprocess.Popen(command, shell=True, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, errors="replace") as proc:
+        for line in proc.stdout:              # shown as it comes, and kept for the runner's table
+            print(line, end="", flush=True)
+            out.append(line)
+    rc = proc.returncode
     seconds = round(time.perf_counter() - start)
     if rc != 0:
         print(f"`{command}` exited {rc} after {seconds} s: not recorded.")
         return rc
     m = dict(command=label or command, seconds=seconds, date=datetime.date.today().isoformat(), commit=commit,
              cpu=cpu_model(), avx512_bf16=_this_cpu_has_bf16(), conditions=conditions)
-    if m["command"] == "make course":           # the notebooks' own times, as the run's results files record them
-        m["jobs_seconds"] = {r["notebook"][:2]: round(r.get("notebook_seconds", 0)) for r in _results()}
+    m.update(runner_table("".join(out)))       # each job's time, where the command ran tools.runner
     record(m)
     print(f"`{command}`: {_duration(seconds)}, recorded in results/timings.json and the README.")
     return 0
@@ -194,23 +198,30 @@ def parse_test_log(text: str, conditions: str) -> dict:
                          "`CPU:` line: give the whole log of `bash .ci/fresh-clone`.")
     if total.group(1) != "0":
         raise SystemExit(f"that run failed (exit {total.group(1)}): only a passing `make test` is recorded.")
-    rows = {name: (int(sec), int(peak.replace(",", "")))       # the runner's table: job, result, seconds, peak MB
-            for name, sec, peak in re.findall(r"^(unit tests|\d\d)\S*\s+passed\s+(\d+)\s+([\d,]+)", text, re.M)}
     unit = re.search(r"=== unit tests: passed.*?(\d+) passed", text, re.S)
     m = dict(command="make test", seconds=int(total.group(2)), date=datetime.date.today().isoformat(),
              commit=commit.group(1), cpu=cpu.group(1).strip(),
              avx512_bf16=_this_cpu_has_bf16() if cpu.group(1).strip() == cpu_model() else None,
              conditions=conditions + (", Chromium installed by the run" if "installing chromium" in text
-                                      else ", Chromium already on the machine"),
-             jobs_seconds={name: sec for name, (sec, _) in rows.items()})
+                                      else ", Chromium already on the machine"), **runner_table(text))
+    if unit:
+        m["unit_tests_passed"] = int(unit.group(1))
+    return m
+
+
+def runner_table(text: str) -> dict:
+    """The summary table ``tools.runner`` prints (job, result, seconds, peak MB; the sum; the wall time), as the
+    fields of a measurement; empty where ``text`` holds none."""
+    rows = {name: (int(sec), int(peak.replace(",", "")))
+            for name, sec, peak in re.findall(r"^(unit tests|\d\d)\S*\s+passed\s+(\d+)\s+([\d,]+)", text, re.M)}
+    m = {}
+    if rows:
+        m["jobs_seconds"] = {name: sec for name, (sec, _) in rows.items()}
+        m["peak_rss_mb_of_one_job"] = max(peak for _, peak in rows.values())
     jobs_sum = re.search(r"^sum of the jobs\s+(\d+)", text, re.M)
     wall = re.search(r"^wall time\s+(\d+)", text, re.M)
     if jobs_sum and wall:
         m.update(jobs_sum_seconds=int(jobs_sum.group(1)), jobs_wall_seconds=int(wall.group(1)))
-    if rows:
-        m["peak_rss_mb_of_one_job"] = max(peak for _, peak in rows.values())
-    if unit:
-        m["unit_tests_passed"] = int(unit.group(1))
     return m
 
 
