@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from utils.paths import RESULTS_DIR, ROOT
-from utils.profiles import cpu_model
+from utils.profiles import cpu_info, cpu_model
 from utils.results import atomic_write_text
 
 README = ROOT / "README.md"
@@ -148,10 +148,8 @@ def _git(*args: str) -> str:
 
 
 def _this_cpu_has_bf16() -> bool | None:
-    try:
-        return " avx512_bf16 " in Path("/proc/cpuinfo").read_text().replace("\n", " ")
-    except OSError:
-        return None
+    flags = cpu_info()[1]
+    return "avx512_bf16" in flags if flags else None
 
 
 def record(measurement: dict) -> None:

@@ -167,7 +167,7 @@ def main(argv: list[str]) -> int:
                 rc, peak_mb = _call(cmd, root, env)
                 rows.append((nb.name, "passed" if rc == 0 else f"FAILED ({rc})", time.perf_counter() - t0, peak_mb))
         else:
-            workers, _ = test_jobs(), job_timeout()       # a bad setting stops before anything runs
+            workers, timeout = test_jobs(), job_timeout()     # a bad setting stops before anything runs
             print(f"nbval runs in a temporary copy of the course: the working tree is left as it is; "
                   f"{workers} job(s) at a time", flush=True)
             if workers > 1 and notebooks:   # convert SmolLM2 to its cache once, before two jobs could both start to
@@ -183,7 +183,7 @@ def main(argv: list[str]) -> int:
                                "--nbval-current-env", "--nbval-cell-timeout=1800",
                                str(nb.resolve().relative_to(ROOT))]) for nb in notebooks]
             with tempfile.TemporaryDirectory(prefix="course-test-logs-") as logs:
-                rows = _schedule(jobs, workers, Path(logs))
+                rows = _schedule(jobs, workers, Path(logs), timeout)
         profiles = {nb.name: _profile_of(root, nb) for nb in notebooks}
     finally:
         if tmp:

@@ -311,19 +311,26 @@ def describe_device() -> str:
     return f"cpu ({os.cpu_count()} cores, torch {torch.__version__})"
 
 
-def cpu_model() -> str:
-    """The CPU that ran a timing (timings and float rounding differ between CPUs): model, cores, widest AVX."""
-    import platform
+def cpu_info() -> tuple[str, set[str]]:
+    """The CPU's model name and its feature flags, as Linux's /proc/cpuinfo lists them ("", set() elsewhere)."""
     from pathlib import Path
 
-    name, flags = "", ""
+    name, flags = "", None
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name") and not name:
                 name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = line + " "
+            elif line.startswith("flags") and flags is None:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    avx = "AVX-512" if " avx512f " in flags else ("AVX2" if " avx2 " in flags else "no AVX2")
+    return name, flags or set()
+
+
+def cpu_model() -> str:
+    """The CPU that ran a timing (timings and float rounding differ between CPUs): model, cores, widest AVX."""
+    import platform
+
+    name, flags = cpu_info()
+    avx = "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "no AVX2")
     return f"{name or platform.processor() or platform.machine()}, {os.cpu_count()} cores, {avx}"
