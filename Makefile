@@ -26,8 +26,8 @@ course: install
 	COURSE_SCREENSHOT_TO=img/site_landing.png $(PY) -m pytest -q -p no:cacheprovider tests/test_site.py -k screenshot
 
 ## The unit tests and every notebook re-executed by nbval (04 after 02 and 03, whose predictions it reads), in a
-## temporary copy of the course: the working tree is left as it is. Two jobs at a time on a machine with 2+ cores
-## and 16+ GiB (COURSE_TEST_JOBS=1: one at a time).
+## temporary copy of the course: the working tree is left as it is. Two jobs at a time, the longest first (by
+## results/timings.json), on a machine with 2+ cores and 16+ GiB (COURSE_TEST_JOBS=1: one at a time).
 test: install
 	$(PY) -m tools.runner test $(NOTEBOOKS)
 

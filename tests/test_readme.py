@@ -52,6 +52,18 @@ def test_a_fresh_clone_log_becomes_a_measurement():
     assert m["conditions"] == "fresh clone, Chromium installed by the run"
 
 
+def test_the_two_unit_test_jobs_are_counted_together():
+    log = LOG.replace("=== 01_lora", "=== real-path tests: passed after 220 s\n"
+                                     "==================== warnings summary ====================\n"
+                                     "17 passed in 219.50s (0:03:39)\n=== 01_lora")
+    log = log.replace("01_lora_from_scratch_gpt2.ipynb              passed",
+                      "real-path tests                              passed            220          3,100\n"
+                      "01_lora_from_scratch_gpt2.ipynb              passed")
+    m = readme.parse_test_log(log, "fresh clone")
+    assert m["jobs_seconds"] == {"unit tests": 301, "real-path tests": 220, "01": 250, "04": 14}
+    assert m["unit_tests_passed"] == 457 + 17 and m["peak_rss_mb_of_one_job"] == 4700
+
+
 @pytest.mark.parametrize("log, error", [(LOG.replace("ci: exit 0", "ci: exit 2"), "failed (exit 2)"),
                                         (LOG.replace("CPU: ", "cpu "), "`CPU:` line"),
                                         ("", ".ci/fresh-clone's first line")])

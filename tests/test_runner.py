@@ -2,6 +2,7 @@
 a failure is reported as such, and a bad setting stops with a message that names it."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -57,6 +58,41 @@ def test_a_failing_job_is_reported_and_the_others_still_run(tmp_path, logs, caps
 def test_jobs_that_wait_for_a_job_that_never_runs_stop_with_a_message(tmp_path, logs):
     with pytest.raises(SystemExit, match="wait for jobs that never run"):
         _schedule([_job(tmp_path, "04", "pass", after=("02",))], workers=2, logs=logs)
+
+
+def test_the_longest_ready_job_starts_first_and_an_untimed_one_before_it(tmp_path, logs):
+    jobs = [_job(tmp_path, n, "pass") for n in ("01_short.ipynb", "unit tests", "03_long.ipynb", "new job")]
+    jobs.append(_job(tmp_path, "04_reads.ipynb", "pass", after=("01_short.ipynb",)))
+    expected = {"01": 10, "unit tests": 50, "03": 400, "04": 900}        # 04, the longest, still waits for 01
+    rows = _schedule(jobs, workers=1, logs=logs, expected=expected)
+    assert [r[0] for r in rows] == [j["name"] for j in jobs]          # rows keep the order given
+    starts = sorted((_span(tmp_path, j["name"])[0], j["name"]) for j in jobs)
+    assert [name for _, name in starts] == ["new job", "03_long.ipynb", "unit tests", "01_short.ipynb",
+                                            "04_reads.ipynb"]
+
+
+def _timings(path, *measurements):
+    path.write_text(json.dumps({"about": "test", "measurements": list(measurements)}))
+    return path
+
+
+def test_expected_seconds_are_the_newest_and_this_cpus_first(tmp_path):
+    here, other = runner.cpu_model(), "Another CPU, 2 cores"
+    path = _timings(tmp_path / "timings.json",
+                    dict(cpu=here, jobs_seconds={"01": 300, "unit tests": 400}),
+                    dict(cpu=here, jobs_seconds={"01": 310}),                   # newer on this CPU
+                    dict(cpu=other, jobs_seconds={"01": 900, "real-path tests": 200}),   # newest, another CPU
+                    dict(cpu=here))                                             # no job times: not read
+    assert runner.expected_seconds(path) == {"01": 310, "unit tests": 400, "real-path tests": 200}
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"measurements": 3}', "[]"])
+def test_unreadable_timings_start_the_jobs_in_the_order_given_and_say_so(tmp_path, capsys, text):
+    path = tmp_path / "timings.json"
+    path.write_text(text)
+    assert runner.expected_seconds(path) == {}
+    assert "timings.json cannot be read" in capsys.readouterr().out
+    assert runner.expected_seconds(tmp_path / "missing.json") == {}
 
 
 def test_a_job_past_its_time_is_stopped_and_reported(tmp_path, logs):

@@ -196,22 +196,24 @@ def parse_test_log(text: str, conditions: str) -> dict:
                          "`CPU:` line: give the whole log of `bash .ci/fresh-clone`.")
     if total.group(1) != "0":
         raise SystemExit(f"that run failed (exit {total.group(1)}): only a passing `make test` is recorded.")
-    unit = re.search(r"=== unit tests: passed.*?(\d+) passed", text, re.S)
+    # each unit-test job's output (the text up to the next job's header or the runner's table): pytest's "N passed"
+    unit = [re.search(r"(\d+) passed", out) for out in re.findall(
+        r"^=== (?:unit tests|real-path tests): passed.*?$(.*?)(?=^=== \w|^CPU: |\Z)", text, re.M | re.S)]
     m = dict(command="make test", seconds=int(total.group(2)), date=datetime.date.today().isoformat(),
              commit=commit.group(1), cpu=cpu.group(1).strip(),
              avx512_bf16=_this_cpu_has_bf16() if cpu.group(1).strip() == cpu_model() else None,
              conditions=conditions + (", Chromium installed by the run" if "installing chromium" in text
                                       else ", Chromium already on the machine"), **runner_table(text))
-    if unit:
-        m["unit_tests_passed"] = int(unit.group(1))
+    if unit and all(unit):
+        m["unit_tests_passed"] = sum(int(u.group(1)) for u in unit)
     return m
 
 
 def runner_table(text: str) -> dict:
     """The summary table ``tools.runner`` prints (job, result, seconds, peak MB; the sum; the wall time), as the
     fields of a measurement; empty where ``text`` holds none."""
-    rows = {name: (int(sec), int(peak.replace(",", "")))
-            for name, sec, peak in re.findall(r"^(unit tests|\d\d)\S*\s+passed\s+(\d+)\s+([\d,]+)", text, re.M)}
+    row = r"^(unit tests|real-path tests|\d\d)\S*\s+passed\s+(\d+)\s+([\d,]+)"
+    rows = {name: (int(sec), int(peak.replace(",", ""))) for name, sec, peak in re.findall(row, text, re.M)}
     m = {}
     if rows:
         m["jobs_seconds"] = {name: sec for name, (sec, _) in rows.items()}

@@ -3,14 +3,18 @@
 ``python -m tools.runner execute NB...``  re-executes notebooks in place, one after the other, refreshing their
                                           outputs, img/ and results/ (``make course``: the one command that
                                           refreshes them);
-``python -m tools.runner test NB...``     the unit tests (``pytest tests``) and each notebook under nbval
+``python -m tools.runner test NB...``     the unit tests (``pytest tests``, as two jobs) and each notebook under nbval
                                           (``make test``), the notebooks in a temporary copy of the course, so
                                           that the working tree stays as it was;
 ``python -m tools.runner nbval NB...``    the same without the unit tests.
 
 Under ``test`` and ``nbval`` the jobs run two at a time where the machine has the cores and memory for it
 (``COURSE_TEST_JOBS`` sets the number; 1 runs them one after the other), each with its share of the cores, and a
-notebook starts only after the notebooks it reads (:data:`READS`). Each job's output is printed when it ends. A job
+notebook starts only after the notebooks it reads (:data:`READS`). Of the jobs ready to start, the longest starts
+first, by each job's newest time in ``results/timings.json`` (this CPU's where it has one; a job never timed first
+of all): two long notebooks left for the end would leave one core idle while the other finishes them. The unit tests
+are two jobs: the simulated-hub runs of the real path (``-m realpath``) and the rest. Each job's output is printed
+when it ends. A job
 that runs past ``COURSE_JOB_TIMEOUT`` seconds (default 2,400: four times the slowest job measured) is stopped, with
 the processes it started, and reported as timed out; the other jobs go on.
 """
@@ -25,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Mapping
 
 from utils.paths import CACHE_DIR, ROOT
 from utils.profiles import cpu_model
@@ -90,6 +95,34 @@ def job_timeout() -> float:
     return seconds
 
 
+def job_key(name: str) -> str:
+    """A job's name as ``results/timings.json`` keeps it: a notebook by its number ("01"), other jobs as named."""
+    return name[:2] if name[:2].isdigit() else name
+
+
+def expected_seconds(path: Path = ROOT / "results" / "timings.json") -> dict[str, float]:
+    """Each job's newest measured seconds (``jobs_seconds`` of the measurements in ``path``), a measurement on this
+    CPU before one on another: the order in which ready jobs start. Empty, with a message, where the file cannot be
+    read: the jobs then start in the order given, which changes how long the run takes, not what it checks."""
+    try:
+        measured = json.loads(path.read_text())["measurements"]
+        timed = [m for m in measured if isinstance(m.get("jobs_seconds"), dict)]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        print(f"{path.name} cannot be read ({e!r}): jobs start in the order given, not longest first.", flush=True)
+        return {}
+    this_cpu = cpu_model()
+    seconds: dict[str, float] = {}
+    for m in sorted(timed, key=lambda m: m.get("cpu") == this_cpu):   # stable: file order (oldest first) within each
+        seconds.update(m["jobs_seconds"])
+    return seconds
+
+
+def longest_first(jobs: list[dict], expected: Mapping[str, float]) -> list[dict]:
+    """``jobs`` ordered by the seconds ``expected`` of each (by :func:`job_key`), longest first, a job it does not
+    list before any it does, ties in the order given."""
+    return sorted(jobs, key=lambda j: -expected.get(job_key(j["name"]), float("inf")))
+
+
 def _wait_for_one(running: dict, timeout: float) -> tuple[int, int, object]:
     """Wait until a running job ends; a job past ``timeout`` seconds is killed with its process group first."""
     while True:
@@ -112,13 +145,15 @@ def _kill_group(pid: int) -> None:
         pass
 
 
-def _schedule(jobs: list[dict], workers: int, logs: Path, timeout: float | None = None) -> list[tuple]:
-    """Run ``jobs`` (dicts: name, cmd, cwd, env, after) ``workers`` at a time, in order, each once those it comes
-    after have ended, each for at most ``timeout`` seconds (default: :func:`job_timeout`); returns (name, result,
-    seconds, peak MB) rows in the jobs' order."""
+def _schedule(jobs: list[dict], workers: int, logs: Path, timeout: float | None = None,
+              expected: Mapping[str, float] | None = None) -> list[tuple]:
+    """Run ``jobs`` (dicts: name, cmd, cwd, env, after) ``workers`` at a time, each once those it comes after have
+    ended, each for at most ``timeout`` seconds (default: :func:`job_timeout`); of the jobs ready, the longest
+    ``expected`` starts first (:func:`longest_first`). Returns (name, result, seconds, peak MB) rows in the jobs'
+    order."""
     timeout = timeout or job_timeout()
     threads = str(max(1, (os.cpu_count() or 1) // workers))
-    waiting, running, done = [dict(j) for j in jobs], {}, {}
+    waiting, running, done = [dict(j) for j in longest_first(jobs, expected or {})], {}, {}
     while waiting or running:
         for job in [j for j in waiting if all(a in done for a in j["after"])][:workers - len(running)]:
             waiting.remove(job)
@@ -173,17 +208,25 @@ def main(argv: list[str]) -> int:
             if workers > 1 and notebooks:   # convert SmolLM2 to its cache once, before two jobs could both start to
                 subprocess.run([sys.executable, "-c", "from utils.models import smollm2_checkpoint as c; c()"],
                                cwd=ROOT, check=True)
-            jobs = [] if mode == "nbval" else [dict(     # the unit tests read the working tree, as before
-                name="unit tests", cmd=[sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
-                cwd=ROOT, env=dict(os.environ), after=[])]
+            pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+            jobs = [] if mode == "nbval" else [      # the unit tests read the working tree, as before
+                dict(name="unit tests", cmd=pytest + ["-m", "not realpath", "tests"], cwd=ROOT, env=dict(os.environ),
+                     after=[]),
+                dict(name="real-path tests", cmd=pytest + ["-m", "realpath", "tests"], cwd=ROOT,
+                     env=dict(os.environ), after=[])]
             names = {nb.name[:2]: nb.name for nb in notebooks}
             jobs += [dict(name=nb.name, cwd=root, env=env, after=[names[k] for k in READS.get(nb.name[:2], ())
                                                                   if k in names],
-                          cmd=[sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
-                               "--nbval-current-env", "--nbval-cell-timeout=1800",
-                               str(nb.resolve().relative_to(ROOT))]) for nb in notebooks]
+                          cmd=pytest + ["--nbval-lax", "--nbval-current-env", "--nbval-cell-timeout=1800",
+                                        str(nb.resolve().relative_to(ROOT))]) for nb in notebooks]
+            expected = expected_seconds()
+            if workers > 1 and expected:
+                print("ready jobs start longest first, by their newest times in results/timings.json: "
+                      + ", ".join(f"{job_key(j['name'])} ({expected[job_key(j['name'])]:.0f} s)"
+                                  if job_key(j["name"]) in expected else f"{job_key(j['name'])} (not timed yet)"
+                                  for j in longest_first(jobs, expected)), flush=True)
             with tempfile.TemporaryDirectory(prefix="course-test-logs-") as logs:
-                rows = _schedule(jobs, workers, Path(logs), timeout)
+                rows = _schedule(jobs, workers, Path(logs), timeout, expected)
         profiles = {nb.name: _profile_of(root, nb) for nb in notebooks}
     finally:
         if tmp:
