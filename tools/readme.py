@@ -40,8 +40,8 @@ COMMANDS = {
                     "wheel folder)",
     "make course": "every notebook executed in place, in course order, then the README's tables and the site's "
                    "screenshot",
-    "make test": "unit tests (simulated-hub real-path runs included) and every notebook under nbval, two jobs at a "
-                 "time; budget: 20 min from a fresh clone",
+    "make test": "unit tests (two jobs: the simulated-hub real-path runs, the rest) and every notebook under nbval, "
+                 "two jobs at a time, the longest first; budget: 20 min from a fresh clone",
     "make test-avx2": "the nbval pass alone, PyTorch/oneDNN/MKL held to AVX2 kernels",
     "make experiments-ablation": "notebook 05's ablation: 4 LoRA configurations + a second seed of one (5 trainings), "
                                  "on SmolLM2",
