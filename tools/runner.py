@@ -14,9 +14,8 @@ notebook starts only after the notebooks it reads (:data:`READS`). Of the jobs r
 first, by each job's newest time in ``results/timings.json`` (this CPU's where it has one; a job never timed first
 of all): two long notebooks left for the end would leave one core idle while the other finishes them. The unit tests
 are two jobs: the simulated-hub runs of the real path (``-m realpath``) and the rest. Each job's output is printed
-when it ends. A job
-that runs past ``COURSE_JOB_TIMEOUT`` seconds (default 2,400: four times the slowest job measured) is stopped, with
-the processes it started, and reported as timed out; the other jobs go on.
+when it ends. A job that runs past ``COURSE_JOB_TIMEOUT`` seconds (default 2,400: four times the slowest job
+measured) is stopped, with the processes it started, and reported as timed out; the other jobs go on.
 """
 from __future__ import annotations
 
