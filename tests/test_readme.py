@@ -98,8 +98,9 @@ def test_a_command_the_table_does_not_list_is_refused_before_it_runs(scratch_rea
     assert not (tmp_path / "ran").exists()
 
 
-def test_a_malformed_timings_file_is_named(scratch_readme):
-    (scratch_readme / "timings.json").write_text('{"measurements": {}}')
+@pytest.mark.parametrize("text", ['{"measurements": {}}', '{"measurements": ["one"]}', "[]", "{cut"])
+def test_a_malformed_timings_file_is_named(scratch_readme, text):
+    (scratch_readme / "timings.json").write_text(text)
     with pytest.raises(SystemExit, match="results/timings.json is missing or malformed"):
         readme.timings_block()
 

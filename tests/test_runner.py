@@ -86,7 +86,7 @@ def test_expected_seconds_are_the_newest_and_this_cpus_first(tmp_path):
     assert runner.expected_seconds(path) == {"01": 310, "unit tests": 400, "real-path tests": 200}
 
 
-@pytest.mark.parametrize("text", ["{not json", '{"measurements": 3}', "[]"])
+@pytest.mark.parametrize("text", ["{not json", '{"measurements": 3}', "[]", '{"measurements": [1]}'])
 def test_unreadable_timings_start_the_jobs_in_the_order_given_and_say_so(tmp_path, capsys, text):
     path = tmp_path / "timings.json"
     path.write_text(text)

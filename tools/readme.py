@@ -104,13 +104,22 @@ def _measurement(m: dict) -> str:
     return text + (": " + "; ".join(details) if details else "")
 
 
+def read_timings(path: Path | None = None) -> dict:
+    """``results/timings.json`` (or ``path``), checked: an object whose ``measurements`` is a list of objects.
+    OSError or ValueError, saying what is wrong, otherwise. The README tool stops on it; the runner, which only
+    uses the times to order its jobs, says so and goes on (``tools.runner.expected_seconds``)."""
+    data = json.loads((path or TIMINGS).read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("measurements"), list):
+        raise ValueError("no list under 'measurements'")
+    if not all(isinstance(m, dict) for m in data["measurements"]):
+        raise ValueError("a measurement that is not an object")
+    return data
+
+
 def _timings_file() -> dict:
     try:
-        data = json.loads(TIMINGS.read_text())
-        if not isinstance(data.get("measurements"), list):
-            raise ValueError("no list under 'measurements'")
-        return data
-    except (OSError, ValueError, AttributeError) as e:
+        return read_timings()
+    except (OSError, ValueError) as e:
         raise SystemExit(f"results/timings.json is missing or malformed ({e}): restore it with `git checkout "
                          f"results/timings.json`.")
 

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Mapping
 
+from tools.readme import read_timings
 from utils.paths import CACHE_DIR, ROOT
 from utils.profiles import cpu_model
 
@@ -99,16 +100,17 @@ def job_key(name: str) -> str:
     return name[:2] if name[:2].isdigit() else name
 
 
-def expected_seconds(path: Path = ROOT / "results" / "timings.json") -> dict[str, float]:
-    """Each job's newest measured seconds (``jobs_seconds`` of the measurements in ``path``), a measurement on this
-    CPU before one on another: the order in which ready jobs start. Empty, with a message, where the file cannot be
-    read: the jobs then start in the order given, which changes how long the run takes, not what it checks."""
+def expected_seconds(path: Path | None = None) -> dict[str, float]:
+    """Each job's newest measured seconds (``jobs_seconds`` of the measurements in ``results/timings.json``, or
+    ``path``), a measurement on this CPU before one on another: the order in which ready jobs start. Empty, with a
+    message, where the file cannot be read: the jobs then start in the order given, which changes how long the run
+    takes, not what it checks."""
     try:
-        measured = json.loads(path.read_text())["measurements"]
-        timed = [m for m in measured if isinstance(m.get("jobs_seconds"), dict)]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        print(f"{path.name} cannot be read ({e!r}): jobs start in the order given, not longest first.", flush=True)
+        measured = read_timings(path)["measurements"]
+    except (OSError, ValueError) as e:
+        print(f"timings.json cannot be read ({e!r}): jobs start in the order given, not longest first.", flush=True)
         return {}
+    timed = [m for m in measured if isinstance(m.get("jobs_seconds"), dict)]
     this_cpu = cpu_model()
     seconds: dict[str, float] = {}
     for m in sorted(timed, key=lambda m: m.get("cpu") == this_cpu):   # stable: file order (oldest first) within each
