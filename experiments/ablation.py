@@ -15,8 +15,10 @@ model, which dequantizes every weight at every matmul; the LoRA arithmetic compa
 Every configuration trains on the same dialogues in the same order (except the seed repeat), with the same
 learning rate and steps, and is scored by its mean loss per summary token on held-out dialogues (the
 validation split, never trained on). A difference is reported as a finding only when it
-exceeds the seed noise floor by the margin of :data:`NOISE_MARGIN` and its paired
-bootstrap interval over the held-out dialogues excludes zero (:func:`judge`).
+exceeds the seed noise floor by the margin of :data:`NOISE_MARGIN`, its paired
+bootstrap interval over the held-out dialogues excludes zero, and its paired sign-flip p-value, Holm-adjusted
+over the ablation's questions, is below :data:`ALPHA`: chapter 4's rule for ROUGE gains (:func:`judge_all`).
+``--rejudge`` applies the rule again to the per-dialogue losses of the committed file, without training.
 
 Progress is saved after each configuration (``.cache/ablation.partial.json``); an interrupted run resumes
 where it stopped when started again with the same sizes. The final file is written atomically.
@@ -29,14 +31,14 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
 
 from utils import SEED, get_profile
 from utils.ablation import adamw, fixed_batches, held_out_losses, train_steps
-from utils.analysis import paired_bootstrap
+from utils.analysis import holm, paired_bootstrap, sign_flip_test
 from utils.paths import CACHE_DIR, RESULTS_DIR
 from utils.planner import lora_parameter_count, resolve_targets
 from utils.profiles import SMOLLM2
@@ -49,6 +51,9 @@ ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 # ----------------------------------------------------------------------------- what counts as a finding
 
 NOISE_MARGIN = 2.0        # a finding must exceed NOISE_MARGIN x the seed-to-seed difference
+ALPHA = 0.05              # ... and its sign-flip p-value, Holm-adjusted over the questions, must be below this
+RULE = (f"> {NOISE_MARGIN:g} x seed noise, a paired 95 % bootstrap interval without 0, and a paired sign-flip "
+        f"p-value below {ALPHA:g} after Holm's adjustment over the questions")
 
 
 @dataclass(frozen=True)
@@ -56,29 +61,41 @@ class Verdict:
     a: str
     b: str
     difference: float           # mean held-out loss of a - of b (negative: a is better)
-    low: float                  # 95 % paired bootstrap interval over held-out dialogues
+    low: float                  # 95 % paired bootstrap interval of a - b over held-out dialogues
     high: float
     noise_floor: float          # |difference| between two seeds of one configuration
+    p: float                    # two-sided paired sign-flip p-value of a - b
+    p_holm: float               # p, Holm-adjusted over the questions judged together (p itself when judged alone)
     resolved: bool
 
     def sentence(self) -> str:
-        better, worse = (self.a, self.b) if self.difference < 0 else (self.b, self.a)
-        ci = f"[{self.low:+.4f}, {self.high:+.4f}]"
+        """Which configuration has the lower loss, by how much, with the interval of that same difference."""
+        lower, higher = (self.a, self.b) if self.difference < 0 else (self.b, self.a)
+        low, high = (self.low, self.high) if self.difference > 0 else (-self.high, -self.low)
+        gap = f"{abs(self.difference):.4f} nats (95 % CI [{low:+.4f}, {high:+.4f}], Holm p = {self.p_holm:.2f})"
         if self.resolved:
-            return f"{better} beats {worse} by {abs(self.difference):.4f} (95 % CI {ci}; seed noise {self.noise_floor:.4f})"
-        return (f"{self.a} vs {self.b}: {self.difference:+.4f} {ci}, not resolved "
-                f"(needs > {NOISE_MARGIN:g} x seed noise {self.noise_floor:.4f} and a CI without 0)")
+            return f"{lower} beats {higher} by {gap}"
+        return f"{lower} lower than {higher} by {gap}: not resolved"
 
 
 def judge(losses: dict[str, np.ndarray], a: str, b: str, noise_floor: float, seed: int = 0) -> Verdict:
     """Compare configurations ``a`` and ``b`` by their per-dialogue held-out losses (same dialogues, same
-    order). Resolved when |mean difference| > NOISE_MARGIN x ``noise_floor`` and the paired bootstrap 95 %
-    interval excludes zero: both the training noise (seed) and the choice of dialogues are beaten."""
+    order), as a single question: resolved when |mean difference| > NOISE_MARGIN x ``noise_floor``, the paired
+    bootstrap 95 % interval excludes zero and the paired sign-flip p-value is below ALPHA: the training noise
+    (seed) and the choice of dialogues are both beaten. :func:`judge_all` judges several questions together."""
     x, y = np.asarray(losses[a], float), np.asarray(losses[b], float)
     iv = paired_bootstrap(y, x, seed=seed)            # an interval of mean(x - y), the sign of `diff`
-    diff = float(x.mean() - y.mean())
-    resolved = abs(diff) > NOISE_MARGIN * noise_floor and iv.excludes_zero()
-    return Verdict(a, b, diff, float(iv.low), float(iv.high), float(noise_floor), bool(resolved))
+    diff, p = float(x.mean() - y.mean()), sign_flip_test(y, x, seed=seed)
+    resolved = abs(diff) > NOISE_MARGIN * noise_floor and iv.excludes_zero() and p < ALPHA
+    return Verdict(a, b, diff, float(iv.low), float(iv.high), float(noise_floor), p, p, bool(resolved))
+
+
+def judge_all(losses: dict[str, np.ndarray], pairs, noise_floor: float) -> list[Verdict]:
+    """:func:`judge` for each (a, b) of ``pairs``, with the p-values Holm-adjusted over all of them: the more
+    questions an ablation asks, the likelier one of them looks resolved by chance."""
+    single = [judge(losses, a, b, noise_floor) for a, b in pairs]
+    adjusted = holm([v.p for v in single]) if single else []
+    return [replace(v, p_holm=float(q), resolved=bool(v.resolved and q < ALPHA)) for v, q in zip(single, adjusted)]
 
 
 @dataclass(frozen=True)
@@ -224,14 +241,25 @@ def provenance(env: dict, sizes: Sizes) -> dict:
 def summarise(runs: dict, configs: list[Config]) -> dict:
     losses = {k: np.asarray(v["held_out_per_dialogue"]) for k, v in runs.items()}
     floor = abs(runs["attention-r16"]["held_out_loss"] - runs["attention-r16-seed2"]["held_out_loss"])
-    verdicts = []
-    for q, a, b in questions(configs):
-        if a not in losses or b not in losses:
-            continue                                  # --finish on a partial run: that question was not run
-        v = judge(losses, a, b, floor)
-        verdicts.append({"question": q, **asdict(v), "sentence": v.sentence()})
+    asked = [(q, a, b) for q, a, b in questions(configs) if a in losses and b in losses]   # --finish: some not run
+    verdicts = judge_all(losses, [(a, b) for _, a, b in asked], floor)
     return {"noise": {"pair": ["attention-r16", "attention-r16-seed2"], "floor": floor, "margin": NOISE_MARGIN},
-            "verdicts": verdicts}
+            "rule": RULE, "judged": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "verdicts": [{"question": q, **asdict(v), "sentence": v.sentence()} for (q, _, _), v in zip(asked, verdicts)]}
+
+
+def rejudge(path=RESULTS) -> dict:
+    """Apply :func:`summarise` (the rule as it is now) again to the per-dialogue held-out losses of a finished ablation
+    file and write it back atomically, with the time it was judged: nothing is trained, every loss stays as run."""
+    from utils.ablation import load_ablation
+    from utils.results import atomic_write_text
+
+    data = load_ablation(path)
+    runs = data["configs"]
+    configs = [Config(n, c["targets"], c["r"], c["alpha"], c["seed"]) for n, c in runs.items()]
+    data |= summarise(runs, configs)
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+    return data
 
 
 def _save_partial(state: dict) -> None:
@@ -249,7 +277,13 @@ def main(argv=None) -> int:
     p.add_argument("--finish", action="store_true",
                    help="write results/ablation.json from the configurations done so far (the first two, the "
                         "reference and its seed repeat, at least), without training more")
+    p.add_argument("--rejudge", action="store_true",
+                   help="apply the rule for findings again to the losses of results/ablation.json, without training")
     args = p.parse_args(argv)
+    if args.rejudge:
+        for v in rejudge()["verdicts"]:
+            print(" ", v["sentence"])
+        return 0
     sizes = Sizes(**({"steps": args.steps} if args.steps else {}))
     if sizes.steps <= sizes.reproduce_steps:
         p.error(f"--steps must exceed the {sizes.reproduce_steps} reproduced steps")

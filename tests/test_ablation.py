@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.ablation import NOISE_MARGIN, judge
+from experiments.ablation import ALPHA, NOISE_MARGIN, judge, judge_all
 from utils.ablation import fixed_batches, held_out_losses, load_ablation, summary_nll, train_steps
 from utils.paths import RESULTS_DIR
 from utils.prompts import IGNORE_INDEX
@@ -75,6 +75,46 @@ def test_judge_needs_both_the_noise_floor_and_the_interval():
     assert clear.resolved and clear.difference > 0 and "b beats a" in clear.sentence()
     assert not judge(losses, "a", "b", noise_floor=0.05 / NOISE_MARGIN + 0.001).resolved   # inside the seed noise
     assert not judge(losses, "a", "c", noise_floor=0.0).resolved                            # interval holds 0
+
+
+def test_judge_needs_a_small_sign_flip_p_and_holm_adjusts_it_over_the_questions():
+    from utils.analysis import holm
+    rng = np.random.default_rng(1)
+    base = rng.normal(2.0, 0.3, 16)
+    # 11 of 16 dialogues lower by 0.03, 5 higher by 0.02: alone, a finding with p just below 0.05
+    shift = np.r_[np.full(11, -0.03), np.full(5, 0.02)]
+    losses = {"a": base, "b": base + shift, "c": base + shift[::-1], "d": base - 0.2}
+    alone = judge(losses, "a", "b", noise_floor=0.0)
+    assert alone.resolved and alone.p == alone.p_holm and 0.025 < alone.p < ALPHA
+    pairs = [("a", "b"), ("a", "c"), ("a", "d")]
+    together = judge_all(losses, pairs, noise_floor=0.0)
+    assert [v.p for v in together] == [judge(losses, a, b, 0.0).p for a, b in pairs]
+    assert [v.p_holm for v in together] == list(holm([v.p for v in together]))
+    assert not together[0].resolved and not together[1].resolved       # two such questions: p x 2 > 0.05
+    assert together[2].resolved                                          # 0.2 nats on every dialogue
+    assert "not resolved" in together[0].sentence() and "beats" in together[2].sentence()
+    assert judge_all(losses, [], noise_floor=0.0) == []
+
+
+def test_a_verdict_names_the_lower_loss_with_the_interval_of_that_difference():
+    rng = np.random.default_rng(0)
+    a = rng.normal(2.0, 0.3, 40)
+    losses = {"a": a, "b": a + 0.01 + rng.normal(0, 0.2, 40)}               # b higher, not resolved
+    v = judge(losses, "a", "b", noise_floor=0.0)
+    assert v.difference < 0 and not v.resolved
+    assert v.sentence().startswith(f"a lower than b by {abs(v.difference):.4f} nats (95 % CI [{-v.high:+.4f}, "
+                                   f"{-v.low:+.4f}]")
+
+
+def test_the_committed_verdicts_follow_the_rule_from_the_committed_losses():
+    """results/ablation.json's verdicts are what the current rule says about its own per-dialogue losses (after a
+    change of the rule: python -m experiments.ablation --rejudge)."""
+    from experiments.ablation import RULE, Config, summarise
+    committed = load_ablation(RESULTS_DIR / "ablation.json")
+    runs = committed["configs"]
+    again = summarise(runs, [Config(n, c["targets"], c["r"], c["alpha"], c["seed"]) for n, c in runs.items()])
+    assert committed["rule"] == RULE
+    assert [{k: v for k, v in d.items()} for d in committed["verdicts"]] == again["verdicts"]
 
 
 def test_committed_ablation_is_reproduced():

@@ -59,12 +59,12 @@ class Run:
         for k, v in extra.items():
             print(f"{k:<9}: {v}")
 
-    def provenance(self, n: int | str | None = None, model: str | None = None) -> str:
-        """The footnote every figure carries."""
+    def provenance(self, n: int | str | None = None, model: str | None = None, data: str | None = None) -> str:
+        """The footnote every figure carries (``data``: for a figure that does not use the run's dataset)."""
         bits = [f"profile: {self.profile.name}", f"model: {model or self.info.get('model', '?')}"]
         if n is not None:
             bits.append(f"n = {n}")
-        bits.append(f"data: {self.info.get('data_source', '?')}")
+        bits.append(f"data: {data or self.info.get('data_source', '?')}")
         return " | ".join(bits)
 
     def elapsed(self) -> float:

@@ -83,11 +83,11 @@ def bootstrap_histogram(boot, interval, xlabel: str, color):
 
 def interval_width(curves: dict, theory, marks):
     """95 % interval width against the number of dialogues, log-log. ``curves``: label -> (n, width in points,
-    colour); ``theory``: (n, width) of the normal approximation; ``marks``: (n, what that size is) pairs."""
+    colour); ``theory``: (n, width, label) of the normal approximation; ``marks``: (n, what that size is) pairs."""
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for k, (label, (n, width, color)) in enumerate(curves.items()):
         ax.plot(n, width, "o-" if k == 0 else "s-", color=color, label=label)
-    ax.plot(*theory, "--", color="#555555", label=r"$2 \cdot 1.96\, s / \sqrt{n}$")
+    ax.plot(theory[0], theory[1], "--", color="#555555", label=theory[2])
     top = max(max(w) for _, w, _ in curves.values())
     for n, what in marks:
         ax.axvline(n, color="#999999", lw=0.8, ls=":")
@@ -103,11 +103,13 @@ def length_and_copying(lengths: dict, ref_words, focus: str, main_key, lead_key)
     """Each prediction's score against its length (grey band: the middle half of the references' lengths) and
     against the share of its bigrams copied from the dialogue; ``lengths``: (notebook, model) -> per-prediction table."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    ax1.axvspan(*np.percentile(ref_words, [25, 75]), color="#dddddd", label="middle 50 % of references")
+    band = ax1.axvspan(*np.percentile(ref_words, [25, 75]), color="#dddddd", label="middle 50 % of references")
+    markers = {nb: "osD^v"[k % 5] for k, nb in enumerate(dict.fromkeys(nb for nb, _ in lengths))}   # one per study
     for (nb, m), t in lengths.items():
-        color = COLORS.get(m, "#222222")
-        ax1.scatter(t["prediction words"], 100 * t[focus], s=14, alpha=0.7, color=color, label=f"{nb} {m}")
-        ax2.scatter(t["copied bigrams"], 100 * t[focus], s=14, alpha=0.7, color=color, label=f"{nb} {m}")
+        style = dict(s=14, alpha=0.7, color=COLORS.get(m, "#222222"), marker=markers[nb], label=f"{nb} {m}")
+        ax1.scatter(t["prediction words"], 100 * t[focus], **style)
+        ax2.scatter(t["copied bigrams"], 100 * t[focus], **style)
+    ax1.legend(handles=[band], fontsize=7, loc="upper right")
     mm, ll, model = lengths[main_key], lengths[lead_key], main_key[1]
     ax1.set(xlabel="words in the prediction", ylabel=f"{focus} F1 × 100",
             title=f"{model} writes {mm['length ratio'].median():.0%} of a reference's length (median)")
