@@ -95,7 +95,7 @@ def interval_width(curves: dict, theory, marks):
     ax.set(xscale="log", yscale="log", xlabel="dialogues evaluated (log scale)", ylabel="95 % interval width (points, log)",
            title="The interval narrows like 1/√n: 10× the dialogues, ~3× narrower")
     ax.yaxis.set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower left")
     return fig
 
 
