@@ -17,7 +17,8 @@ learning rate and steps, and is scored by its mean loss per summary token on hel
 validation split, never trained on). A difference is reported as a finding only when it
 exceeds the seed noise floor by the margin of :data:`NOISE_MARGIN`, its paired
 bootstrap interval over the held-out dialogues excludes zero, and its paired sign-flip p-value, Holm-adjusted
-over the ablation's questions, is below :data:`ALPHA`: chapter 4's rule for ROUGE gains (:func:`judge_all`).
+over the ablation's questions, is below :data:`ALPHA` (:func:`judge_all`): chapter 4's rule for ROUGE gains, with the
+seed-noise margin added.
 ``--rejudge`` applies the rule again to the per-dialogue losses of the committed file, without training.
 
 Progress is saved after each configuration (``.cache/ablation.partial.json``); an interrupted run resumes

@@ -117,6 +117,19 @@ def test_the_committed_verdicts_follow_the_rule_from_the_committed_losses():
     assert [{k: v for k, v in d.items()} for d in committed["verdicts"]] == again["verdicts"]
 
 
+def test_rejudge_rewrites_only_the_verdicts(tmp_path):
+    from experiments.ablation import rejudge
+    committed = load_ablation(RESULTS_DIR / "ablation.json")
+    stale = committed | {"verdicts": [{"sentence": "a beats b"}], "rule": "an older rule"}
+    path = tmp_path / "ablation.json"
+    path.write_text(json.dumps(stale))
+    again = rejudge(path)
+    assert json.loads(path.read_text()) == again
+    assert again["verdicts"] == committed["verdicts"] and again["rule"] == committed["rule"]
+    assert {k: v for k, v in again.items() if k not in ("verdicts", "rule", "judged")} == \
+        {k: v for k, v in committed.items() if k not in ("verdicts", "rule", "judged")}
+
+
 def test_committed_ablation_is_reproduced():
     """Re-run the first steps of the reference configuration on the real SmolLM2 and compare with the committed
     results/ablation.json: every training loss and the held-out losses after those steps, within TOLERANCE
