@@ -45,7 +45,7 @@ Positive = Annotated[int, Field(ge=1)]
 class FinetuneConfig:
     """Every key a config file may hold. ``None`` means: the profile's value (sizes) or automatic."""
     # what to train, on what, where to write
-    profile: str | None = None            # smoke | colab | full; None: $COURSE_PROFILE, else automatic
+    profile: str | None = None            # smoke | laptop | colab | full; None: $COURSE_PROFILE, else automatic
     model: str | None = None              # hub id or folder; None: the profile's LLM ($COURSE_LLM overrides)
     data_dir: str | None = None           # folder with the real DialogSum files (as $COURSE_DATA_DIR)
     output_dir: str | None = None         # None: .cache/finetune/<profile>

@@ -146,6 +146,15 @@ def test_bad_dialogsum_file(case, data_dir):
     _raises(DataError, lambda: load_dialogsum(online=False, verbose=False), f"dialogsum.{split}.jsonl", *words)
 
 
+def test_a_csv_row_with_more_fields_than_the_header_is_named(data_dir):
+    d = data_dir / "dialogsum"
+    _dialogsum(data_dir)
+    (d / "dialogsum.test.jsonl").unlink()
+    (d / "test.csv").write_text("id,dialogue,summary,topic\ntest_1,#Person1#: hello, you,a greeting,t\n")
+    _raises(DataError, lambda: load_dialogsum(online=False, verbose=False), "test.csv", "row 1 after the header",
+            "more fields than the header's 4", "Quote that field")
+
+
 def test_test_jsonl_accepts_summary_like_the_csv(data_dir):
     _dialogsum(data_dir, test=[{"fname": "test_1", "dialogue": "#Person1#: a", "summary": "x"}])
     assert load_dialogsum(online=False, verbose=False)[0]["test"]["references"].tolist() == [["x"]]

@@ -162,10 +162,12 @@ def test_interrupted_run_resumes_to_the_uninterrupted_adapter(runs, one_process)
     import shutil
 
     shutil.copytree(out / "checkpoint-1", out / "checkpoint-2", ignore=shutil.ignore_patterns("trainer_state.json"))
+    (out / "checkpoint-2" / "left-by-the-killed-run").write_text("")
     second = finetune(out)
     _ok(second)
     report, reference = _report(out), _report(one_process[0])
     assert "checkpoint-2: no trainer_state.json" in second.stdout   # skipped, said, and deleted before training
+    assert not (out / "checkpoint-2" / "left-by-the-killed-run").exists()    # the checkpoint-2 there now is the new run's
     assert report["resumed_from"] == "checkpoint-1"
     assert report["ids_seen"] == reference["ids_seen"][GLOBAL:]       # only the second global batch was trained
     assert [s for s, _ in report["losses"]] == [1, 2]                 # the log history came back with the checkpoint

@@ -55,6 +55,17 @@ def test_a_failing_job_is_reported_and_the_others_still_run(tmp_path, logs, caps
     assert "the reason" in capsys.readouterr().out            # the failing job's log is printed
 
 
+@pytest.mark.parametrize("results, code", [(("passed", "FAILED (3)"), 1), (("passed", "timed out"), 1),
+                                            (("passed", "passed"), 0)])
+def test_the_run_exits_1_when_any_job_did_not_pass(monkeypatch, capsys, results, code):
+    """What `make test` returns: the rows `_schedule` reports decide it (here: no notebook, two jobs' rows)."""
+    rows = [(f"job {i}", r, 1.0, 100.0) for i, r in enumerate(results)]
+    monkeypatch.setattr(runner, "_schedule", lambda *args, **kwargs: rows)
+    assert runner.main(["nbval"]) == code
+    out = capsys.readouterr().out
+    assert all(r in out for r in results) and "wall time" in out
+
+
 def test_jobs_that_wait_for_a_job_that_never_runs_stop_with_a_message(tmp_path, logs):
     with pytest.raises(SystemExit, match="wait for jobs that never run"):
         _schedule([_job(tmp_path, "04", "pass", after=("02",))], workers=2, logs=logs)
