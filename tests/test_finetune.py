@@ -172,7 +172,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_adapter(runs, one_process)
     assert report["ids_seen"] == reference["ids_seen"][GLOBAL:]       # only the second global batch was trained
     assert [s for s, _ in report["losses"]] == [1, 2]                 # the log history came back with the checkpoint
     a, b = read_adapter(out / "adapter"), read_adapter(one_process[0] / "adapter")
-    assert all(torch.allclose(a[k], b[k], atol=ADAPTER_ATOL, rtol=0) for k in a)
+    assert a and a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=ADAPTER_ATOL, rtol=0) for k in a)
 
 
 # ----------------------------------------------------------------------------- bad configs fail fast

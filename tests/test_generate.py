@@ -55,7 +55,10 @@ def test_a_chat_model_answers_the_dialogue_not_the_template(smollm2):
     'user'/'assistant' turn headers in the text, and it stops before the budget on a one-line dialogue."""
     model, tok = smollm2
     out = generate_summaries(model, tok, [DIALOGUES[0]], max_new_tokens=60)[0]
-    assert out and "<|im_start|>" not in out and not out.startswith(("user", "assistant"))
+    assert out and "<|im_start|>" not in out and "<|im_end|>" not in out
+    assert not {line.strip() for line in out.splitlines()} & {"user", "assistant"}
+    from utils.mistakes import stops_by_itself
+    assert stops_by_itself(model, tok, [DIALOGUES[0]], max_new_tokens=60)[0] is not None
 
 
 def test_bad_input_is_a_clear_error(tiny_t5):

@@ -32,8 +32,13 @@ def test_hub_file_layout_without_prefix_also_loads():
     cfg = GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50, n_positions=16, bos_token_id=0, eos_token_id=0)
     sd = {k.removeprefix("transformer."): v for k, v in GPT2LMHeadModel(cfg).state_dict().items()
           if k != "lm_head.weight"}                     # the hub's model.safetensors has no lm_head
-    ours = load_hf_gpt2_state_dict(GPTModel(GPTConfig(50, 16, 32, 2, 1)), sd)
-    assert torch.equal(ours.out_head.weight, ours.tok_emb.weight)
+    hf = GPT2LMHeadModel(cfg).eval()
+    hf.transformer.load_state_dict(sd)                 # the same weights, for a reference output
+    ours = load_hf_gpt2_state_dict(GPTModel(GPTConfig(50, 16, 32, 2, 1)), sd).eval()
+    assert torch.equal(ours.out_head.weight, ours.tok_emb.weight) and torch.equal(ours.tok_emb.weight, sd["wte.weight"])
+    x = torch.randint(0, 50, (2, 11))
+    with torch.no_grad():
+        assert torch.allclose(hf(x).logits, ours(x), atol=1e-5)
 
 
 def test_too_long_input_is_refused():

@@ -7,7 +7,7 @@ from utils.metrics import compare, rouge, rouge_per_example, split_sentences
 
 def test_identical_texts_score_one():
     s = rouge(["#Person1# books a table for two."], ["#Person1# books a table for two."])
-    assert all(math.isclose(v, 1.0) for v in s.values())
+    assert s == pytest.approx({"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0, "rougeLsum": 1.0})
 
 
 def test_multi_reference_takes_the_best_reference():

@@ -92,9 +92,16 @@ def test_lora_run_and_measurements(tiny_model, tokenizer, examples):
     collate = PadCollator(tokenizer.pad_token_id)
     batches = fixed_batches(examples, 2, 2, collate)
     peft_model, out = mistakes.lora_run(tiny_model, batches, examples, collate, lr=1e-3, r=2, alpha=4)
-    assert out["trainable"] > 0 and len(out["train_loss"]) == 2 and out["heldout"] > 0
-    p = mistakes.end_probability(peft_model, examples, tokenizer.eos_token_id)
-    assert 0.0 <= p <= 1.0
+    from utils.planner import lora_parameter_count
+    assert out["trainable"] == lora_parameter_count(tiny_model.config, 2, mistakes.QKVO)
+    assert len(out["train_loss"]) == 2 and out["heldout"] > 0
+    eos = tokenizer.eos_token_id
+    p = mistakes.end_probability(peft_model, examples, eos)
+    with torch.no_grad():                                # reference: one pass over each whole example
+        ends = [max(i for i, lab in enumerate(e["labels"]) if lab != IGNORE_INDEX) for e in examples]
+        ref = [peft_model(input_ids=torch.tensor([e["input_ids"]])).logits[0, k - 1].softmax(-1)[eos].item()
+               for e, k in zip(examples, ends)]
+    assert p == pytest.approx(sum(ref) / len(ref), rel=1e-4)
     stops = mistakes.stops_by_itself(peft_model, tokenizer, DIALOGUES[:1], max_new_tokens=3)
     assert len(stops) == 1 and (stops[0] is None or 0 <= stops[0] < 3)
     base = peft_model.unload()

@@ -7,7 +7,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, T5ForConditionalGener
 
 from utils.architectures import LLAMA_FAMILY, OTHER_MODELS, course_config, meta_model
 from utils.gpt2 import GPT2_124M, GPTConfig, GPTModel
-from utils.memory import NF4_DQ_BITS, SavedTensors, count_parameters
+from utils.memory import NF4_DQ_BITS, SavedTensors, count_parameters, weight_footprint_bytes
 from utils.planner import (Plan, estimate_memory, linear_shapes, lora_parameter_count, parameter_count,
                            parameter_parts, quantized_parameter_count, resolve_targets)
 
@@ -127,6 +127,8 @@ def test_qlora_weights_and_adapter_state():
     n, q = parameter_count(config), quantized_parameter_count(config)
     est = estimate_memory(config, Plan(method="qlora", r=16))
     assert est["weights"] == pytest.approx(q * NF4_DQ_BITS / 8 + (n - q) * 4)    # the rest cast to fp32
+    # the same, counted on the real module tree (the Linear layers in the blocks at NF4's bits, the rest at 4 bytes)
+    assert est["weights"] == pytest.approx(weight_footprint_bytes(meta_model(config), NF4_DQ_BITS, other_bytes=4), abs=1)
     trainable = lora_parameter_count(config, 16, ("q_proj", "k_proj", "v_proj", "o_proj"))
     assert est["trainable copy"] + est["gradients"] + est["optimizer states"] == 16 * trainable
     assert estimate_memory(config, Plan(method="qlora", optimizer="adamw_8bit"))["optimizer states"] == 2 * trainable

@@ -76,9 +76,11 @@ def test_unknown_target_is_an_error():
         lora_parameter_count(llama_config("HuggingFaceTB/SmolLM2-135M-Instruct"), 16, ("qkv",))
 
 
-def test_cpu_optimizer_is_plain_adamw():
-    if not torch.cuda.is_available():
-        assert optimizer_name() == "adamw_torch"
+def test_paged_8bit_adamw_on_cuda_plain_adamw_on_a_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert optimizer_name() == "adamw_torch"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert optimizer_name() == "paged_adamw_8bit"
 
 
 # ----------------------------------------------------------------------------- the 4-bit CPU trap

@@ -133,7 +133,11 @@ def test_the_job_count_can_be_set(monkeypatch):
     monkeypatch.setenv("COURSE_TEST_JOBS", "3")
     assert runner.test_jobs() == 3
     monkeypatch.delenv("COURSE_TEST_JOBS")
-    assert runner.test_jobs() in (1, 2)
+    page, gib = 4096, 2**30 // 4096                    # os.sysconf: page size, then pages of physical memory
+    for cores, memory_gib, jobs in ((2, 16, 2), (16, 64, 2), (1, 64, 1), (2, 15, 1)):
+        monkeypatch.setattr(runner.os, "cpu_count", lambda: cores)
+        monkeypatch.setattr(runner.os, "sysconf", lambda name: page if name == "SC_PAGE_SIZE" else memory_gib * gib)
+        assert runner.test_jobs() == jobs, (cores, memory_gib)
 
 
 def test_reads_names_notebooks_that_exist():
