@@ -97,6 +97,17 @@ def test_expected_seconds_are_the_newest_and_this_cpus_first(tmp_path):
     assert runner.expected_seconds(path) == {"01": 310, "unit tests": 400, "real-path tests": 200}
 
 
+def test_expected_seconds_are_make_tests_own_where_it_has_any(tmp_path):
+    here = runner.cpu_model()
+    path = _timings(tmp_path / "timings.json",
+                    dict(command="make test", cpu=here, jobs_seconds={"01": 170, "unit tests": 120}),
+                    dict(command="make test-avx2", cpu=here, jobs_seconds={"01": 260}),     # newer, held to AVX2
+                    dict(command="make course", cpu=here, jobs_seconds={"01": 100, "02": 110}))
+    assert runner.expected_seconds(path) == {"01": 170, "unit tests": 120}
+    only_course = _timings(tmp_path / "course.json", dict(command="make course", cpu=here, jobs_seconds={"01": 100}))
+    assert runner.expected_seconds(only_course) == {"01": 100}
+
+
 @pytest.mark.parametrize("text", ["{not json", '{"measurements": 3}', "[]", '{"measurements": [1]}'])
 def test_unreadable_timings_start_the_jobs_in_the_order_given_and_say_so(tmp_path, capsys, text):
     path = tmp_path / "timings.json"
