@@ -72,7 +72,7 @@ class Verdict:
     def sentence(self) -> str:
         """Which configuration has the lower loss, by how much, with the interval of that same difference."""
         lower, higher = (self.a, self.b) if self.difference < 0 else (self.b, self.a)
-        low, high = (self.low, self.high) if self.difference > 0 else (-self.high, -self.low)
+        low, high = (-self.high, -self.low) if self.difference < 0 else (self.low, self.high)
         gap = f"{abs(self.difference):.4f} nats (95 % CI [{low:+.4f}, {high:+.4f}], Holm p = {self.p_holm:.2f})"
         if self.resolved:
             return f"{lower} beats {higher} by {gap}"
@@ -149,11 +149,11 @@ def configurations(model_config) -> list[Config]:
 
 # Pairs the notebook reads as the ablation's questions: (question, a, b).
 def questions(configs: list[Config]) -> list[tuple[str, str, str]]:
-    matched = next(c.name for c in configs if c.name.endswith("-matched"))
-    return [("targets at matched parameters", "attention-r16", matched),
-            ("alpha = r vs 2r (attention r=16)", "attention-r16-alpha16", "attention-r16"),
-            ("targets at r=16", "attention-r16", "all-linear-r16"),
-            ("rank, all-linear", matched, "all-linear-r16")]
+    matched = next((c.name for c in configs if c.name.endswith("-matched")), None)   # None: --finish before it ran
+    return [q for q in [("targets at matched parameters", "attention-r16", matched),
+                        ("alpha = r vs 2r (attention r=16)", "attention-r16-alpha16", "attention-r16"),
+                        ("targets at r=16", "attention-r16", "all-linear-r16"),
+                        ("rank, all-linear", matched, "all-linear-r16")] if None not in q]
 
 
 # ----------------------------------------------------------------------------- data and model

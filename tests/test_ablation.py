@@ -104,6 +104,8 @@ def test_a_verdict_names_the_lower_loss_with_the_interval_of_that_difference():
     assert v.difference < 0 and not v.resolved
     assert v.sentence().startswith(f"a lower than b by {abs(v.difference):.4f} nats (95 % CI [{-v.high:+.4f}, "
                                    f"{-v.low:+.4f}]")
+    w = judge(losses, "b", "a", noise_floor=0.0)                             # the same pair the other way round
+    assert w.difference > 0 and w.sentence() == v.sentence()
 
 
 def test_the_committed_verdicts_follow_the_rule_from_the_committed_losses():
@@ -114,18 +116,32 @@ def test_the_committed_verdicts_follow_the_rule_from_the_committed_losses():
     runs = committed["configs"]
     again = summarise(runs, [Config(n, c["targets"], c["r"], c["alpha"], c["seed"]) for n, c in runs.items()])
     assert committed["rule"] == RULE
-    assert [{k: v for k, v in d.items()} for d in committed["verdicts"]] == again["verdicts"]
+    assert committed["verdicts"] == again["verdicts"]
+
+
+def test_rejudge_of_a_file_finished_early_judges_the_questions_it_can(tmp_path):
+    from experiments.ablation import rejudge
+    committed = load_ablation(RESULTS_DIR / "ablation.json")
+    keep = ("attention-r16", "attention-r16-seed2", "attention-r16-alpha16")          # --finish before the rest
+    path = tmp_path / "ablation.json"
+    path.write_text(json.dumps(committed | {"configs": {k: committed["configs"][k] for k in keep}}))
+    again = rejudge(path)
+    assert [v["question"] for v in again["verdicts"]] == ["alpha = r vs 2r (attention r=16)"]
+    alone, full = again["verdicts"][0], next(v for v in committed["verdicts"] if v["question"].startswith("alpha"))
+    assert alone["p_holm"] == alone["p"] == full["p"]                      # one question: nothing to adjust for
+    assert {k: v for k, v in alone.items() if k not in ("p_holm", "sentence")} == \
+        {k: v for k, v in full.items() if k not in ("p_holm", "sentence")}
 
 
 def test_rejudge_rewrites_only_the_verdicts(tmp_path):
     from experiments.ablation import rejudge
     committed = load_ablation(RESULTS_DIR / "ablation.json")
-    stale = committed | {"verdicts": [{"sentence": "a beats b"}], "rule": "an older rule"}
+    stale = committed | {"verdicts": [{"sentence": "a beats b"}], "rule": "an older rule", "judged": "then"}
     path = tmp_path / "ablation.json"
     path.write_text(json.dumps(stale))
     again = rejudge(path)
     assert json.loads(path.read_text()) == again
-    assert again["verdicts"] == committed["verdicts"] and again["rule"] == committed["rule"]
+    assert again["verdicts"] == committed["verdicts"] and again["rule"] == committed["rule"] and again["judged"] != "then"
     assert {k: v for k, v in again.items() if k not in ("verdicts", "rule", "judged")} == \
         {k: v for k, v in committed.items() if k not in ("verdicts", "rule", "judged")}
 

@@ -109,7 +109,8 @@ def expected_seconds(path: Path | None = None) -> dict[str, float]:
     try:
         measured = read_timings(path)["measurements"]
     except (OSError, ValueError) as e:
-        print(f"timings.json cannot be read ({e!r}): jobs start in the order given, not longest first.", flush=True)
+        name = (path or ROOT / "results" / "timings.json").name
+        print(f"{name} cannot be read ({e!r}): jobs start in the order given, not longest first.", flush=True)
         return {}
     timed = [m for m in measured if isinstance(m.get("jobs_seconds"), dict)]
     timed = [m for m in timed if m.get("command") == "make test"] or timed   # not make course's or test-avx2's times
