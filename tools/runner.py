@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Mapping
 
-from tools.readme import read_timings
+from tools.readme import TIMINGS, read_timings
 from utils.paths import CACHE_DIR, ROOT
 from utils.profiles import cpu_model
 
@@ -103,14 +103,12 @@ def job_key(name: str) -> str:
 def expected_seconds(path: Path | None = None) -> dict[str, float]:
     """Each job's newest measured seconds (``jobs_seconds`` of the measurements in ``results/timings.json``, or
     ``path``; those of ``make test`` where there are any), a measurement on this CPU before one on another: the order
-    in which ready jobs start. Empty, with a
-    message, where the file cannot be read: the jobs then start in the order given, which changes how long the run
-    takes, not what it checks."""
+    in which ready jobs start. Empty, with a message, where the file cannot be read: the jobs then start in the order
+    given, which changes how long the run takes, not what it checks."""
     try:
         measured = read_timings(path)["measurements"]
     except (OSError, ValueError) as e:
-        name = (path or ROOT / "results" / "timings.json").name
-        print(f"{name} cannot be read ({e!r}): jobs start in the order given, not longest first.", flush=True)
+        print(f"{(path or TIMINGS).name} cannot be read ({e!r}): jobs start in the order given, not longest first.", flush=True)
         return {}
     timed = [m for m in measured if isinstance(m.get("jobs_seconds"), dict)]
     timed = [m for m in timed if m.get("command") == "make test"] or timed   # not make course's or test-avx2's times
