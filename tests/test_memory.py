@@ -78,3 +78,56 @@ def test_size_of_a_missing_checkpoint_is_an_error_not_zero(tmp_path):
     assert dir_size_mb(tmp_path) == pytest.approx(1.0)
     with pytest.raises(FileNotFoundError, match="nothing there to measure; save the checkpoint first"):
         dir_size_mb(tmp_path / "adapter")
+
+
+class _TwoLayers(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.first, self.drop, self.second = torch.nn.Linear(8, 16), torch.nn.Dropout(0.5), torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.second(self.drop(torch.relu(self.first(x))))
+
+
+def test_training_account_counts_weights_gradients_states_and_saved_tensors_exactly():
+    from utils.memory import training_account
+
+    torch.manual_seed(0)
+    model, batch = _TwoLayers(), {"x": torch.randn(5, 8)}
+    model.first.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    model(**batch).sum().backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    model.eval()
+    rng = torch.get_rng_state()
+    account = training_account(model, opt, batch)
+    trainable = (16 * 4 + 4) * 4
+    # only the second Linear saves its input: the first is frozen and x needs no gradient, so nothing before it does
+    assert account == {"weights": (8 * 16 + 16 + 16 * 4 + 4) * 4, "gradients": trainable,
+                       "optimizer states": 2 * trainable + 2 * 4, "saved for backward": 5 * 16 * 4}
+    assert torch.equal(torch.get_rng_state(), rng)                      # the dropout draw was on a forked state
+    assert not model.training and all(p.grad is None for p in model.parameters())
+
+    model.first.requires_grad_(True)      # now the first Linear saves x, ReLU its output, dropout its mask (fp32 on a
+    assert training_account(model, opt, batch)["saved for backward"] == 5 * 8 * 4 + 3 * 5 * 16 * 4     # CPU tensor)
+
+
+def test_saved_tensors_frees_what_it_saw_and_keeps_gradients_exact():
+    """exp saves its own output. Handed back as is, that output would hold its own graph node: a cycle of C++ and
+    Python objects that no collector frees, so every measured forward leaked its activations (02 held 1.6 GB more)."""
+    import gc
+    import weakref
+
+    from utils.memory import SavedTensors
+
+    x = torch.randn(100, requires_grad=True)
+    with SavedTensors() as saved:
+        y = x.exp()
+    ref = weakref.ref(y)
+    del y
+    gc.collect()
+    assert ref() is None and saved.bytes == 400
+    with SavedTensors():
+        x.exp().sum().backward()
+    assert torch.equal(x.grad, x.detach().exp())

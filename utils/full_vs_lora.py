@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .memory import PeakMemory, Timer
+from .memory import PeakMemory, Timer, training_account
 
 # The brief's T5 recipe applied to a Llama-family model's attention: same rank, alpha, dropout; q and v.
 CAUSAL_LORA = dict(r=32, lora_alpha=32, target_modules=["q_proj", "v_proj"], lora_dropout=0.05, bias="none")
@@ -151,7 +151,9 @@ def training_arguments(task: SummaryTask, sizes, lr: float, output_dir, seed: in
 def train_method(task: SummaryTask, model, train_examples, val_examples, sizes, lr: float, output_dir,
                  seed: int, eval_points: int = EVAL_POINTS) -> dict:
     """Train ``model`` with the Trainer, measured: seconds, peak memory (GPU allocator, or the process RSS on a
-    CPU) and what training added to it, the training losses and the validation losses. After training, the
+    CPU) and what training added to it, the training losses and the validation losses; and the exact
+    ``account`` of a step's tensors (:func:`utils.memory.training_account`, on the batch of the longest training
+    examples, the largest a step meets) to explain the measured memory. After training, the
     autocast wrapper that mixed precision leaves on ``model.forward`` is removed, so the trained model is
     evaluated in fp32 like every other model of the chapter."""
     from transformers import PrinterCallback, Trainer
@@ -166,9 +168,12 @@ def train_method(task: SummaryTask, model, train_examples, val_examples, sizes, 
     with Timer() as clock, PeakMemory() as mem:
         trainer.train()
     drop_mixed_precision_wrapper(trainer)
+    longest = sorted(train_examples, key=lambda e: len(e["input_ids"]) + len(e["labels"]), reverse=True)
+    account = training_account(model, trainer.optimizer, trainer.data_collator(longest[:sizes.batch_size]),
+                               {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision(task)))
     logs = trainer.state.log_history
     return {"lr": lr, "seconds": clock.seconds, "peak_mb": mem.peak_mb, "added_mb": mem.delta_mb,
-            "memory_kind": mem.kind, "loss": [(h["step"], h["loss"]) for h in logs if "loss" in h],
+            "memory_kind": mem.kind, "account": account, "loss": [(h["step"], h["loss"]) for h in logs if "loss" in h],
             "eval_loss": [(h["step"], h["eval_loss"]) for h in logs if "eval_loss" in h]}
 
 

@@ -187,7 +187,7 @@ class SavedTensors:
         s = t.untyped_storage()
         if s.data_ptr() not in self._exclude:
             self._seen.setdefault(s.data_ptr(), s.nbytes())
-        return t
+        return t.detach()     # not ``t``: a saved output would then hold its own node, a cycle no collector frees
 
     def __enter__(self):
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
@@ -201,3 +201,27 @@ class SavedTensors:
     @property
     def bytes(self) -> int:
         return sum(self._seen.values())
+
+
+def training_account(model, optimizer, batch: dict, autocast_dtype: torch.dtype | None = None) -> dict[str, int]:
+    """What a training step of ``model`` holds, in bytes, counted tensor by tensor rather than sampled from the
+    allocator: its weights (each storage once), the gradients of its trainable weights, the optimizer's states (call
+    after at least one step, once they exist), and what autograd saves for the backward pass of one forward on
+    ``batch`` in train mode (:class:`SavedTensors`; under ``autocast_dtype`` when training used mixed precision).
+    The forward builds no gradient and leaves the random state as it found it. What a step *adds* on top of the
+    loaded weights is at least gradients + states + saved; temporaries of the backward pass come on top."""
+    params = list(model.parameters())
+    weights = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in params}
+    gradients = sum(p.numel() * p.element_size() for p in params if p.requires_grad)
+    states = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+              for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t)}
+    device = params[0].device
+    was_training = model.training
+    model.train()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+            torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None), \
+            SavedTensors(exclude=params) as saved:
+        model(**{k: v.to(device) for k, v in batch.items()})
+    model.train(was_training)
+    return {"weights": sum(weights.values()), "gradients": gradients, "optimizer states": sum(states.values()),
+            "saved for backward": saved.bytes}
