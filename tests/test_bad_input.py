@@ -245,6 +245,24 @@ def test_run_ids_tie_results_to_predictions(results_dir):
     assert res["predictions_file"]["rows"] == 6
 
 
+def test_a_run_is_copied_where_predictions_dir_points_and_read_back_from_there(results_dir, tmp_path_factory,
+                                                                               monkeypatch):
+    """On Colab each notebook has its own VM: with COURSE_PREDICTIONS_DIR naming a Drive folder (not there yet),
+    02 and 03 copy their pair there and 04 reads that pair, run ids and checksum intact."""
+    from utils.analysis import predictions_folder
+
+    drive = tmp_path_factory.mktemp("drive") / "MyDrive" / "runs"
+    monkeypatch.setenv("COURSE_PREDICTIONS_DIR", str(drive))
+    save_run(FakeRun("03_x", "03-A"), {"base": _frame(3)}, rouge=0.5)
+    assert sorted(p.name for p in drive.iterdir()) == ["03_x.json", "03_x.predictions.jsonl"]
+    folder, chosen = predictions_folder()
+    res, preds = load_run("03_x", folder)
+    assert (folder, chosen) == (drive, True) and res["run_id"] == "03-A" and len(preds) == 3
+    monkeypatch.setenv("COURSE_PREDICTIONS_DIR", str(results_dir))       # the results folder itself: no copy onto it
+    save_run(FakeRun("03_x", "03-B"), {"base": _frame(2)}, rouge=0.6)
+    assert load_run("03_x")[0]["run_id"] == "03-B" and load_run("03_x", drive)[0]["run_id"] == "03-A"
+
+
 def test_run_id_of_utils_run_is_saved(results_dir, monkeypatch):
     import utils
 

@@ -81,3 +81,34 @@ def test_gated_message_says_how_to_switch_model_in_a_notebook(monkeypatch):
     assert f'os.environ["COURSE_LLM"] = "{FALLBACK}"' in msg
     assert 're-run from the cell that picks the model (notebook 03: section 1, "Profile, device, model and data"' in msg
     assert f"export COURSE_LLM={FALLBACK}" in msg
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refused_token_says_what_to_do_and_other_http_errors_pass_through(monkeypatch, status):
+    """A mistyped, revoked or expired token is a plain 401 (huggingface_hub keeps "Invalid credentials" out of
+    RepositoryNotFoundError), and a token without read access a plain 403: both get the instructions."""
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError
+
+    def refuse(*args, code=status, **kwargs):
+        response = types.SimpleNamespace(headers={}, status_code=code, url="https://huggingface.co", request=None)
+        raise HfHubHTTPError("Invalid credentials in Authorization header", response=response)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
+    token = "hf_" + "w" * 34
+    with pytest.raises(ModelAccessError) as err:
+        models.check_llm_access(LLAMA, FALLBACK, token)
+    msg = str(err.value)
+    assert f"HTTP {status}" in msg and "mistyped, revoked or expired" in msg and f"COURSE_LLM={FALLBACK}" in msg
+    assert token not in msg
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: refuse(code=500))
+    with pytest.raises(HfHubHTTPError):                 # a server error is not a token problem: raised as it is
+        models.check_llm_access(LLAMA, FALLBACK, token)
+
+
+def test_token_is_stripped_of_the_newline_a_paste_leaves(monkeypatch):
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setenv("HF_TOKEN", "  hf_" + "v" * 34 + "\n")
+    assert models.hf_token() == "hf_" + "v" * 34
+    monkeypatch.setenv("HF_TOKEN", " \n")
+    assert models.hf_token() is None

@@ -8,19 +8,49 @@ import utils.models as models
 from utils.profiles import PROFILES, SMOLLM2, apply_overrides, get_profile, resolve_profile_name
 
 
-@pytest.mark.parametrize("cuda, hub, expected", [
-    (True, True, "colab"),         # Colab with a GPU
-    (False, True, "laptop"),       # a laptop online, or a Colab CPU runtime: real models at CPU sizes, no wheel needed
-    (True, False, "smoke"),        # no hub: the offline profile, whatever the hardware
-    (False, False, "smoke"),
+@pytest.mark.parametrize("cuda, hub, gpu_gib, expected", [
+    (True, True, 14.7, "colab"),   # Colab with a T4 (14.7 GiB as torch reports it)
+    (True, True, 7.6, "laptop"),   # a laptop with an 8 GB GPU: the colab sizes would not fit, the laptop sizes do
+    (False, True, None, "laptop"), # a laptop online, or a Colab CPU runtime: real models at CPU sizes, no wheel needed
+    (True, False, 14.7, "smoke"),  # no hub: the offline profile, whatever the hardware
+    (False, False, None, "smoke"),
 ])
-def test_profile_follows_the_machine(cuda, hub, expected):
-    assert resolve_profile_name(env={}, cuda=cuda, hub=hub) == expected
+def test_profile_follows_the_machine(cuda, hub, gpu_gib, expected, capsys):
+    assert resolve_profile_name(env={}, cuda=cuda, hub=hub, gpu_gib=gpu_gib) == expected
+    said = capsys.readouterr().out
+    assert ("this GPU has 7.6 GiB" in said and "COURSE_PROFILE=colab" in said) == (gpu_gib == 7.6)
 
 
 def test_no_hub_is_checked_before_the_gpu(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")              # hub_reachable() must say no without touching the network
     assert resolve_profile_name(env={}, cuda=False) == "smoke"
+
+
+def test_hub_check_goes_where_the_downloads_will_go(monkeypatch):
+    """A mirror (HF_ENDPOINT) is probed instead of huggingface.co, and an HTTPS proxy instead of either, unless
+    NO_PROXY exempts the host: behind a proxy the direct probe failed and a laptop fell back to `smoke`."""
+    import socket
+
+    import utils.profiles as profiles
+
+    tried = []
+
+    def connect(address, timeout):
+        tried.append(address)
+        raise OSError("unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", connect)
+    for name in ("HF_HUB_OFFLINE", "HF_ENDPOINT", "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert not profiles.hub_reachable()
+    monkeypatch.setenv("HF_ENDPOINT", "https://hf-mirror.example")
+    profiles.hub_reachable()
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    profiles.hub_reachable()
+    monkeypatch.setenv("NO_PROXY", "hf-mirror.example")
+    profiles.hub_reachable()
+    assert tried == [("huggingface.co", 443), ("hf-mirror.example", 443), ("proxy.example", 3128),
+                     ("hf-mirror.example", 443)]
 
 
 def test_explicit_profile_wins():

@@ -7,7 +7,8 @@
   left unchanged). Profile ``colab`` on a CPU runtime (``COURSE_ALLOW_CPU=1``), sizes shrunk by
   ``COURSE_OVERRIDE``; notebooks 02, 03 and 05 with ``COURSE_MIXED_PRECISION=bf16``, standing in for a T4's fp16.
   Notebook 04 alone must say that the predictions its clone holds are the course's, not the student's; pointed
-  (``COURSE_PREDICTIONS_DIR``, a "Drive" folder) at the results of 02 and 03 run above, it must analyse those.
+  (``COURSE_PREDICTIONS_DIR``, a "Drive" folder) at the results that 02 and 03, run above with the same variable,
+  copied there, it must analyse those.
   Checked invariants (lines of ``# NBVAL_CHECK_OUTPUT`` cells ending in ``: False``, quality claims aside) must
   hold: the bf16 run is what shows a mixed-precision defect such as the autocast wrapper left on after training.
 * **A laptop online without a GPU**: notebook 01 on the ``laptop`` profile, in a fresh clone, no Colab.
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 from importlib.metadata import distributions
@@ -81,6 +81,13 @@ def sms_url(hub):
 
 
 @pytest.fixture(scope="session")
+def drive(tmp_path_factory) -> Path:
+    """The student's Google Drive folder, not created yet: it outlives each notebook's VM. Notebooks 02 and 03 run
+    with COURSE_PREDICTIONS_DIR pointing at it (they copy their results there), notebook 04 reads it."""
+    return tmp_path_factory.mktemp("drive") / "MyDrive" / "course-runs"
+
+
+@pytest.fixture(scope="session")
 def course_repo(tmp_path_factory) -> Path:
     """A git repository holding the course as the lead is about to commit it (tracked files and new ones git
     does not ignore, with their current content): what COURSE_REPO points the setup cell's clone at."""
@@ -133,8 +140,10 @@ def _results(clone: Path, stem: str) -> dict:
 
 
 @pytest.mark.parametrize("key, precision", [("01", None), ("02", "bf16"), ("03", "bf16"), ("05", "bf16"), ("06", None)])
-def test_notebook_alone_on_colab_cpu_runtime(key, precision, tmp_path, hub, sms_url, course_repo):
+def test_notebook_alone_on_colab_cpu_runtime(key, precision, tmp_path, hub, sms_url, course_repo, drive):
     extra = {"COURSE_MIXED_PRECISION": precision} if precision else {}
+    if key in ("02", "03"):
+        extra["COURSE_PREDICTIONS_DIR"] = str(drive)
     nb, clone = run_on_colab(key, tmp_path, hub, sms_url, course_repo, **extra)
     text = colab.outputs_text(nb)
     assert re.search(r"profile\s*: colab", text), "the banner does not state the colab profile"
@@ -144,6 +153,9 @@ def test_notebook_alone_on_colab_cpu_runtime(key, precision, tmp_path, hub, sms_
     if key == "03":     # its last section runs the fine-tuning script's --dry-run, as a command, on the colab config
         assert "--config configs/colab.toml --dry-run   (exit 0)" in text and "dry run: every check passed" in text, \
             "notebook 03's dry run of scripts.finetune failed on the colab profile"
+    if key in ("02", "03"):
+        for name in (f"{NOTEBOOKS[key].stem}.json", f"{NOTEBOOKS[key].stem}.predictions.jsonl"):
+            assert (drive / name).read_bytes() == (clone / "results" / name).read_bytes(), f"{name} not copied to Drive"
     CLONES[key] = clone
 
 
@@ -155,16 +167,11 @@ def test_notebook_04_alone_says_it_holds_none_of_the_students_predictions(tmp_pa
          "holds none of your own predictions and what to do (run 02 and 03, or point it at their results)")
 
 
-def test_notebook_04_alone_analyses_the_predictions_it_is_pointed_at(tmp_path, hub, sms_url, course_repo):
-    """The student's own runs of 02 and 03 (above, each on its own Colab VM), copied to a folder (their Drive)
-    that COURSE_PREDICTIONS_DIR names: notebook 04, alone on a fresh VM, analyses those."""
+def test_notebook_04_alone_analyses_the_predictions_it_is_pointed_at(tmp_path, hub, sms_url, course_repo, drive):
+    """The student's own runs of 02 and 03 (above, each on its own Colab VM), which copied their results to the
+    folder (their Drive) that COURSE_PREDICTIONS_DIR names: notebook 04, alone on a fresh VM, analyses those."""
     if not {"02", "03"} <= set(CLONES):
         pytest.skip("needs notebooks 02 and 03 to have run above (see their failures)")
-    drive = tmp_path / "drive" / "MyDrive" / "course-runs"
-    drive.mkdir(parents=True)
-    for key in ("02", "03"):
-        for f in (CLONES[key] / "results").glob(f"{NOTEBOOKS[key].stem}*"):
-            shutil.copy2(f, drive / f.name)
     nb, _ = run_on_colab("04", tmp_path, hub, sms_url, course_repo, COURSE_PREDICTIONS_DIR=str(drive))
     text = colab.outputs_text(nb)
     assert "02 ran on colab" in text and "03 ran on colab" in text, "04 did not read the runs it was pointed at"

@@ -79,21 +79,12 @@ class Run:
                    "versions": {"python": platform.python_version(), "torch": torch.__version__,
                                 **_versions("transformers", "peft", "bitsandbytes")},
                    **self.info, **results, "notebook_seconds": round(self.elapsed(), 1),
-                   "notebook_peak_rss_mb": round(_peak_rss_mb())}
+                   "notebook_peak_rss_mb": round(memory.peak_rss_mb())}
         path = save_results(self.stem, payload)
         print(f"results written to results/{path.name}")
         print(f"this notebook so far: {payload['notebook_seconds']:.0f} s, peak resident memory "
               f"{payload['notebook_peak_rss_mb']:,} MB ({payload['cpu']})")
         return payload
-
-
-def _peak_rss_mb() -> float:
-    """Peak resident memory of this process (the notebook's kernel) so far, in MB (2^20 bytes)."""
-    import resource
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024    # bytes on macOS, KiB on Linux
 
 
 def _versions(*names):

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .paths import SEED
+from .results import PREDICTIONS_DIR_ENV, predictions_dir
 
 _TOKEN = re.compile(r"[a-z0-9]+")
 N_BOOT = 2000      # bootstrap resamples: percentile ends stable to ~0.1 point of ROUGE at n = 30-500
@@ -364,28 +365,20 @@ def degenerate_table(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- whose predictions are these?
 
-PREDICTIONS_DIR_ENV = "COURSE_PREDICTIONS_DIR"
-
-
 def predictions_folder(env=None):
-    """Where notebook 04 reads predictions: ``$COURSE_PREDICTIONS_DIR`` when set (e.g. a Google Drive folder
-    holding your own runs' ``results/*.json`` and ``*.predictions.jsonl``), else the course's ``results/``.
-    Returns (folder, chosen by the student?)."""
-    import os
-    from pathlib import Path
+    """Where notebook 04 reads predictions: the folder ``$COURSE_PREDICTIONS_DIR`` names when set (e.g. a Google
+    Drive folder, where notebooks 02 and 03 copied their ``results/*.json`` and ``*.predictions.jsonl``), else the
+    course's ``results/``. Returns (folder, chosen by the student?)."""
+    from .paths import RESULTS_DIR
 
-    from .paths import RESULTS_DIR, ROOT
-
-    env = os.environ if env is None else env
-    value = env.get(PREDICTIONS_DIR_ENV, "").strip()
-    if not value:
+    chosen = predictions_dir(env)
+    if chosen is None:
         return RESULTS_DIR, False
-    folder = Path(value).expanduser()
-    folder = folder if folder.is_absolute() else ROOT / folder
+    folder, value = chosen
     if not folder.is_dir():
         raise FileNotFoundError(f"{PREDICTIONS_DIR_ENV}={value!r}: no such folder ({folder}). Point it at the folder "
-                                f"where you copied results/<notebook>.json and results/<notebook>.predictions.jsonl of "
-                                f"notebooks 02 and 03 (on Colab: mount Drive, e.g. /content/drive/MyDrive/course-results), "
+                                f"where notebooks 02 and 03 copied their results (they do when the same variable is "
+                                f"set while they run; on Colab: mount Drive, e.g. /content/drive/MyDrive/course-results), "
                                 f"or unset it to read the course's results/.")
     return folder, True
 
@@ -403,6 +396,6 @@ def provenance_note(written: dict[str, dict], profile_name: str, chosen: bool, o
     what = ", ".join(f"{stem[:2]}: profile {p!r}" for stem, p in (other or {s: w.get('profile', '?') for s, w in written.items()}).items())
     return (f"THESE ARE THE COURSE'S PREDICTIONS, NOT YOURS ({what}; this notebook runs on {profile_name!r}). "
             f"results/ holds the run committed with the course{' (on Colab, every notebook gets a fresh copy of it)' if on_colab else ''}. "
-            f"To analyse your own: run notebooks 02 and 03 to the end, copy their results/<notebook>.json and "
-            f"results/<notebook>.predictions.jsonl to one folder (on Colab, on your Drive), set "
-            f"{PREDICTIONS_DIR_ENV} to that folder, and re-run this notebook.")
+            f"To analyse your own: set {PREDICTIONS_DIR_ENV} to one folder (on Colab, on your mounted Drive) in "
+            f"notebooks 02, 03 and this one; run 02 and 03 to the end (each copies its results/<notebook>.json and "
+            f".predictions.jsonl there), then re-run this notebook.")

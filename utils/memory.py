@@ -4,6 +4,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -56,9 +57,18 @@ def weights_mb(n_parameters: int, dtype: torch.dtype = torch.float32) -> float:
     return n_parameters * torch.empty(0, dtype=dtype).element_size() / 2**20
 
 
+PROC = "/proc/self"       # Linux's view of this process; macOS and Windows have none
+
+
 def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    """Resident memory of this process now, in MB: from /proc on Linux, from psutil elsewhere (macOS, Windows)."""
+    try:
+        with open(f"{PROC}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except FileNotFoundError:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
 
 
 def release_freed_memory() -> None:
@@ -72,12 +82,22 @@ def release_freed_memory() -> None:
         pass
 
 
-def _rss_peak_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB: the kernel's record (VmHWM) on Linux, ``getrusage`` on
+    macOS, psutil's peak working set on Windows."""
+    try:
+        with open(f"{PROC}/status") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
+    except (FileNotFoundError, StopIteration):
+        pass
+    if sys.platform == "win32":
+        import psutil
+
+        return psutil.Process().memory_info().peak_wset / 2**20
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024    # bytes on macOS, KiB on Linux
 
 
 class PeakMemory:
@@ -100,7 +120,7 @@ class PeakMemory:
         else:
             self.kind = "process peak RSS"
             release_freed_memory()                     # start from what is in use, not from freed pages still held
-            self._hwm_start = _rss_peak_mb()
+            self._hwm_start = peak_rss_mb()
             self.start_mb = self.peak_mb = _rss_mb()
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
@@ -122,7 +142,7 @@ class PeakMemory:
         return False
 
     def _block_hwm(self) -> float:
-        hwm = _rss_peak_mb()
+        hwm = peak_rss_mb()
         return hwm if hwm > self._hwm_start else 0.0      # the process peak, if it was reached inside the block
 
     @property

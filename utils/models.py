@@ -143,11 +143,11 @@ def gpt2_tokenizer(profile: Profile):
 def hf_token() -> str | None:
     """The Hugging Face token from the environment or Colab's secrets; never printed."""
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
-        if os.environ.get(name):
-            return os.environ[name]
+        if os.environ.get(name, "").strip():
+            return os.environ[name].strip()      # a pasted token often ends in a newline; the hub would refuse it
     try:
         from google.colab import userdata  # type: ignore
-        return userdata.get("HF_TOKEN")
+        return (userdata.get("HF_TOKEN") or "").strip() or None
     except Exception:  # noqa: BLE001 - not on Colab, or the secret is absent / not shared
         return None
 
@@ -155,7 +155,7 @@ def hf_token() -> str | None:
 def check_llm_access(model_id: str, fallback: str, token: str | None) -> None:
     """Fail early, with instructions, when a gated model (Llama 3.2) cannot be downloaded."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
     how = (f"To use {model_id}: (1) accept its licence at https://huggingface.co/{model_id}, "
            f"(2) create a read token at https://huggingface.co/settings/tokens, (3) store it as HF_TOKEN "
@@ -169,6 +169,13 @@ def check_llm_access(model_id: str, fallback: str, token: str | None) -> None:
     except (GatedRepoError, RepositoryNotFoundError) as e:
         state = "no token was found" if not token else "the token has no access to it"
         raise ModelAccessError(f"{model_id} is gated and {state} ({type(e).__name__}). {how}") from None
+    except HfHubHTTPError as e:        # 401: a mistyped, revoked or expired token; 403: a token without read access
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if status not in (401, 403):
+            raise
+        raise ModelAccessError(f"the hub refused the token for {model_id} (HTTP {status}): it may be mistyped, "
+                               f"revoked or expired, or lack read access; check it at "
+                               f"https://huggingface.co/settings/tokens. {how}") from None
 
 
 class NoGPUError(ModelAccessError):

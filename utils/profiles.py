@@ -205,18 +205,32 @@ PROFILES: dict[str, Profile] = {
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """True when the Hugging Face Hub answers (and offline mode is not forced)."""
+    """True when the Hugging Face Hub, or the mirror ``HF_ENDPOINT`` names, accepts a connection: directly, or
+    through the proxy that ``HTTPS_PROXY`` names (as huggingface_hub's downloads will go), unless ``NO_PROXY`` exempts
+    it; False when offline mode is forced (``HF_HUB_OFFLINE``)."""
+    from urllib.parse import urlsplit
+    from urllib.request import getproxies_environment, proxy_bypass_environment
+
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
         return False
+    hub = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    proxy = getproxies_environment().get(hub.scheme)
+    target = urlsplit(proxy) if proxy and not proxy_bypass_environment(hub.hostname) else hub
     try:
-        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+        with socket.create_connection((target.hostname, target.port or (443 if target.scheme == "https" else 80)),
+                                      timeout=timeout):
             return True
     except OSError:
         return False
 
 
-def resolve_profile_name(env: dict | None = None, cuda: bool | None = None, hub: bool | None = None) -> str:
-    """The profile this run uses; the arguments exist so tests can simulate any machine."""
+COLAB_MIN_GPU_GIB = 14.0    # a T4 reports 14.7 GiB; the colab profile plans ~8 GB (03's QLoRA) to ~10 GB (02, T5 in fp32)
+
+
+def resolve_profile_name(env: dict | None = None, cuda: bool | None = None, hub: bool | None = None,
+                         gpu_gib: float | None = None) -> str:
+    """The profile this run uses; the arguments exist so tests can simulate any machine. A GPU smaller than a T4
+    (``gpu_gib`` below COLAB_MIN_GPU_GIB) gets the laptop profile's sizes, and a line that says why."""
     env = os.environ if env is None else env
     asked = env.get("COURSE_PROFILE", "").strip().lower()
     if asked:
@@ -228,7 +242,14 @@ def resolve_profile_name(env: dict | None = None, cuda: bool | None = None, hub:
     if not hub:
         return "smoke"
     cuda = torch.cuda.is_available() if cuda is None else cuda
-    return "colab" if cuda else "laptop"
+    if not cuda:
+        return "laptop"
+    gpu_gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if gpu_gib is None else gpu_gib
+    if gpu_gib < COLAB_MIN_GPU_GIB:
+        print(f"profile: laptop, not colab: this GPU has {gpu_gib:.1f} GiB and the colab profile plans for a T4's 15 GB "
+              f"(Llama-3.2-3B in QLoRA, Flan-T5 fully fine-tuned in fp32); set COURSE_PROFILE=colab to try anyway.")
+        return "laptop"
+    return "colab"
 
 
 def get_profile(name: str | None = None, env: dict | None = None) -> Profile:

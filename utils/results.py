@@ -175,13 +175,32 @@ def _prediction_text(frames: dict[str, pd.DataFrame], run_id: str | None) -> tup
     return "".join(json.dumps(_clean(r), ensure_ascii=False) + "\n" for r in rows), len(rows)
 
 
+PREDICTIONS_DIR_ENV = "COURSE_PREDICTIONS_DIR"
+
+
+def predictions_dir(env=None) -> tuple[Path, str] | None:
+    """The folder ``$COURSE_PREDICTIONS_DIR`` names (relative paths from the course root) and the value as given,
+    or None when it is unset. Notebooks 02 and 03 copy their results there, notebook 04 reads them from there: on
+    Colab, where each notebook gets a fresh VM, a folder on a mounted Google Drive carries them from one to the
+    next."""
+    from .paths import ROOT
+
+    env = os.environ if env is None else env
+    value = env.get(PREDICTIONS_DIR_ENV, "").strip()
+    if not value:
+        return None
+    folder = Path(value).expanduser()
+    return (folder if folder.is_absolute() else ROOT / folder), value
+
+
 def save_run(run, predictions: dict[str, pd.DataFrame], **results) -> dict:
     """Write a notebook's predictions and results as one unit, both stamped with ``run.run_id``.
 
     The predictions go to a temporary file first; then ``run.save(**results)`` writes the results
     (atomically), recording the predictions' row count and SHA-256; then the predictions file is moved
     into place. An interruption anywhere leaves either the old pair, or a pair whose run ids differ, which
-    :func:`load_run` refuses. Returns the results payload."""
+    :func:`load_run` refuses. With ``$COURSE_PREDICTIONS_DIR`` set (:func:`predictions_dir`), the pair is then
+    copied there too, each file atomically, for notebook 04 to read. Returns the results payload."""
     text, n = _prediction_text(predictions, run.run_id)
     path = RESULTS_DIR / f"{run.stem}.predictions.jsonl"
     meta = {"file": path.name, "rows": n, "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
@@ -189,6 +208,11 @@ def save_run(run, predictions: dict[str, pd.DataFrame], **results) -> dict:
         f.write(text)
         payload = run.save(**results, predictions_file=meta)
     print(f"{n} predictions of {list(predictions)} written to results/{path.name} (run {run.run_id})")
+    extra = predictions_dir()
+    if extra is not None and extra[0].resolve() != RESULTS_DIR.resolve():
+        for name in (f"{run.stem}.json", path.name):
+            atomic_write_text(extra[0] / name, (RESULTS_DIR / name).read_text(encoding="utf-8"))
+        print(f"and copied to {show(extra[0])} ({PREDICTIONS_DIR_ENV}), where notebook 04 reads them")
     return payload
 
 
