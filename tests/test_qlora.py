@@ -269,3 +269,32 @@ def test_notebook_03_says_where_to_run_the_finetune_commands():
             break
     else:
         pytest.fail("notebook 03 no longer shows the finetune commands: update this test")
+
+
+def test_training_stops_at_the_first_nan_loss_with_what_to_change(tmp_path, capsys):
+    """A loss that turns NaN at step 3 (as an fp16 overflow does): the Trainer, with the course's arguments, logs it as
+    it is, and loss_printer stops training there with the advice; steps 1 and 2 were printed normally."""
+    import types
+
+    from transformers import Trainer
+
+    from utils.qlora import NonFiniteLossError, loss_printer, training_arguments
+
+    class Overflows(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w, self.calls = torch.nn.Parameter(torch.ones(1)), 0
+
+        def forward(self, x, labels=None):
+            self.calls += 1
+            loss = ((self.w * x - labels) ** 2).mean()
+            return {"loss": loss * float("nan") if self.calls >= 3 else loss}
+
+    sizes = types.SimpleNamespace(epochs=1, batch_size=1, grad_accum=1, lr=1e-3)
+    args = training_arguments(sizes, tmp_path, torch.float32, gradient_checkpointing=False, use_cpu=True)
+    data = [{"x": torch.tensor([1.0]), "labels": torch.tensor([2.0])} for _ in range(6)]
+    trainer = Trainer(model=Overflows(), args=args, train_dataset=data, callbacks=[loss_printer(every=1)])
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 3 \(fp32\).*COURSE_OVERRIDE=qlora.lr"):
+        trainer.train()
+    printed = capsys.readouterr().out
+    assert "step    1/6" in printed and "step    2/6" in printed and "step    3/6" not in printed

@@ -85,6 +85,7 @@ def training_arguments(sizes, output_dir, dtype: torch.dtype, **overrides):
                 gradient_checkpointing_kwargs={"use_reentrant": False}, logging_steps=1, save_strategy="no",
                 report_to="none", disable_tqdm=True, seed=42, data_seed=42, remove_unused_columns=False,
                 fp16=dtype == torch.float16, bf16=dtype == torch.bfloat16, dataloader_pin_memory=False,
+                logging_nan_inf_filter=False,     # log a NaN loss as it is (loss_printer stops on it), not the mean
                 # bf16 on a CPU (the T4 stand-in) is refused without use_cpu; set only then, the fp32 CPU path is unchanged
                 **({"use_cpu": True} if dtype == torch.bfloat16 and not torch.cuda.is_available() else {}))
     args.update(overrides)
@@ -100,9 +101,16 @@ def generate_summaries(model, tokenizer, dialogues, max_new_tokens: int, batch_s
                     max_prompt_tokens=max_prompt_tokens)
 
 
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite: the adapter is ruined from that step on."""
+
+
 def loss_printer(every: int = 5):
     """A Trainer callback that prints one short line every ``every`` optimizer steps (and at the last):
-    step, training loss, seconds so far. A live view of the loss without a line per step."""
+    step, training loss, seconds so far. A live view of the loss without a line per step. It stops training at
+    the first NaN or infinite loss (:class:`NonFiniteLossError`, with what to change): in fp16, on a T4, a model's
+    activations can overflow, and the Trainer would otherwise go on, logging the window's mean instead."""
+    import math
     import time
 
     from transformers import TrainerCallback
@@ -113,6 +121,13 @@ def loss_printer(every: int = 5):
 
         def on_log(self, args, state, control, logs=None, **kw):
             step, last = state.global_step, state.global_step == state.max_steps
+            if logs and "loss" in logs and not math.isfinite(logs["loss"]):
+                precision = "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32"
+                raise NonFiniteLossError(
+                    f"the training loss is {logs['loss']} at step {step} ({precision}): training stopped, the adapter is "
+                    f"not usable. In fp16 (a T4) a model's activations can overflow (T5 and some Qwen models do): set "
+                    f"COURSE_MIXED_PRECISION=no (fp32: slower, more memory) and re-run from the cell that loads the "
+                    f"model. In fp32 or bf16, lower the learning rate (e.g. COURSE_OVERRIDE=qlora.lr=1e-4).")
             if logs and "loss" in logs and (step % every == 0 or last or step == 1):
                 print(f"step {step:>4}/{state.max_steps} | loss {logs['loss']:.3f} | "
                       f"{time.perf_counter() - self.t0:5.0f} s", flush=True)
