@@ -391,7 +391,7 @@ def sms_download(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "CACHE_DIR", tmp_path)
     monkeypatch.delenv("COURSE_DATA_DIR", raising=False)
 
-    def urlopen(url, timeout):
+    def urlopen(url, timeout, context=None):
         calls.append(url)
         return _Response(served["payload"])
 
@@ -630,3 +630,27 @@ def test_a_folder_written_atomically_is_old_or_new_never_a_mix(tmp_path):
     with atomic_folder(target) as tmp:
         (tmp / "adapter_config.json").write_text("{}")
     assert sorted(p.name for p in target.iterdir()) == ["adapter_config.json"]     # nothing left of the old one
+
+
+@pytest.mark.parametrize("platform", ["linux", "darwin", "win32"])
+def test_a_dead_writers_temporary_file_is_told_from_a_live_ones_on_every_platform(monkeypatch, platform):
+    """On Windows os.kill(pid, 0) sends a Ctrl+C event (and raises WinError 87 for a dead pid): there the check asks
+    psutil instead, and never calls os.kill."""
+    import os
+
+    import psutil
+
+    monkeypatch.setattr(results.sys, "platform", platform)
+    if platform == "win32":                 # psutil's own check, on this Linux machine, is os.kill: stand in for it
+        monkeypatch.setattr(psutil, "pid_exists", lambda pid: pid == os.getpid())
+        monkeypatch.setattr(results.os, "kill", lambda *a: pytest.fail("os.kill called on Windows"))
+    assert results._alive(os.getpid()) and not results._alive(999_999_999)
+
+
+def test_the_sms_download_trusts_certifis_certificates():
+    """Python from python.org on macOS starts with no certificates: the UCI download failed as if offline."""
+    import certifi
+
+    context = data._https_context()
+    assert context.verify_mode.name == "CERT_REQUIRED" and context.check_hostname
+    assert len(context.get_ca_certs()) == open(certifi.where(), encoding="ascii").read().count("BEGIN CERTIFICATE")

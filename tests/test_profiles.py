@@ -189,3 +189,19 @@ def test_banner_states_profile_device_model_data_overrides_precision(monkeypatch
     assert lines[5] == "precision: mixed precision bf16 (COURSE_MIXED_PRECISION=bf16)"
     assert run.profile.qlora.eval == 4 and run.info["overrides"] == ["qlora.eval=4", "qlora.train=8"]
     assert run.info["mixed_precision"] == "bf16"
+
+
+@pytest.mark.parametrize("capability, machine, expected", [
+    ("AVX512", "AMD64", "AVX-512"), ("AVX2", "x86_64", "AVX2"), ("DEFAULT", "AMD64", "no AVX2"),
+    ("DEFAULT", "arm64", "arm64")])
+def test_cpu_model_without_proc_cpuinfo_asks_pytorch(monkeypatch, capability, machine, expected):
+    """On macOS and Windows there is no /proc/cpuinfo: the record said "no AVX2" even on an AVX-512 laptop."""
+    import platform
+
+    import utils.profiles as profiles
+
+    monkeypatch.setattr(profiles, "cpu_info", lambda: ("", set()))
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    monkeypatch.setattr(platform, "processor", lambda: "")
+    assert profiles.cpu_model().endswith(f" cores, {expected}")

@@ -298,3 +298,21 @@ def test_training_stops_at_the_first_nan_loss_with_what_to_change(tmp_path, caps
         trainer.train()
     printed = capsys.readouterr().out
     assert "step    1/6" in printed and "step    2/6" in printed and "step    3/6" not in printed
+
+
+def test_training_stays_on_the_cpu_where_bitsandbytes_keeps_the_4bit_model(monkeypatch, tmp_path):
+    """Without CUDA the Trainer runs on the CPU, even where Apple's mps exists: it would pick mps by itself and send
+    the batches there, while the 4-bit model stays on the CPU (a device mismatch at the first step on a Mac)."""
+    import types
+
+    import transformers.training_args as targs
+
+    from utils.qlora import training_arguments
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(targs, "is_torch_mps_available", lambda *a, **k: True, raising=False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    sizes = types.SimpleNamespace(epochs=1, batch_size=1, grad_accum=1, lr=1e-3)
+    args = training_arguments(sizes, tmp_path, torch.float32)
+    assert args.use_cpu and args.device.type == "cpu"
+    assert training_arguments(sizes, tmp_path, torch.float32, use_cpu=False).device.type == "mps"   # what it guards

@@ -161,6 +161,18 @@ def _sms_cache_problem(target: Path, stamp: Path) -> str | None:
     return None
 
 
+def _https_context():
+    """certifi's certificates where installed (they come with huggingface_hub's httpx): Python from python.org on
+    macOS has none of its own until "Install Certificates.command" runs, and the download failed as if offline."""
+    import ssl
+
+    try:
+        import certifi
+    except ImportError:
+        return None
+    return ssl.create_default_context(cafile=certifi.where())
+
+
 def _download_sms() -> Path:
     """The UCI file in the cache: downloaded, unzipped and parsed (checked) before it is moved into place,
     then stamped with its SHA-256; a cached file is reused only when its stamp matches."""
@@ -172,7 +184,7 @@ def _download_sms() -> Path:
             return target
         print(f"{show(target)}: {problem}; downloading it again.")
     try:
-        with urllib.request.urlopen(SMS_URL, timeout=30) as r:
+        with urllib.request.urlopen(SMS_URL, timeout=30, context=_https_context()) as r:
             payload = r.read()
     except OSError as e:
         raise DataError(f"Could not download the SMS Spam Collection ({e}). Offline? Download "

@@ -353,5 +353,9 @@ def cpu_model() -> str:
     import platform
 
     name, flags = cpu_info()
-    avx = "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "no AVX2")
+    if flags:
+        avx = "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "no AVX2")
+    else:       # no /proc/cpuinfo (macOS, Windows): what PyTorch's kernels found; on ARM, the architecture
+        avx = ({"AVX512": "AVX-512", "AVX2": "AVX2"}.get(torch.backends.cpu.get_cpu_capability())
+               or ("no AVX2" if platform.machine().lower() in ("x86_64", "amd64") else platform.machine()))
     return f"{name or platform.processor() or platform.machine()}, {os.cpu_count()} cores, {avx}"

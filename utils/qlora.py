@@ -86,8 +86,9 @@ def training_arguments(sizes, output_dir, dtype: torch.dtype, **overrides):
                 report_to="none", disable_tqdm=True, seed=42, data_seed=42, remove_unused_columns=False,
                 fp16=dtype == torch.float16, bf16=dtype == torch.bfloat16, dataloader_pin_memory=False,
                 logging_nan_inf_filter=False,     # log a NaN loss as it is (loss_printer stops on it), not the mean
-                # bf16 on a CPU (the T4 stand-in) is refused without use_cpu; set only then, the fp32 CPU path is unchanged
-                **({"use_cpu": True} if dtype == torch.bfloat16 and not torch.cuda.is_available() else {}))
+                # without CUDA, the CPU: on a Mac the Trainer would pick Apple's mps and send the batches there, away
+                # from the 4-bit model bitsandbytes keeps on the CPU (and bf16 on a CPU is refused without it)
+                use_cpu=not torch.cuda.is_available())
     args.update(overrides)
     return TrainingArguments(**args)
 

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 import uuid
 from glob import escape as glob_escape
@@ -48,6 +49,10 @@ def _remove_stale(path: Path) -> None:
 
 
 def _alive(pid: int) -> bool:
+    if sys.platform == "win32":       # there os.kill(pid, 0) sends a Ctrl+C event instead of checking the process
+        import psutil
+
+        return psutil.pid_exists(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
