@@ -10,6 +10,7 @@ import json
 import math
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -246,7 +247,7 @@ def test_run_ids_tie_results_to_predictions(results_dir):
 
 
 def test_a_run_is_copied_where_predictions_dir_points_and_read_back_from_there(results_dir, tmp_path_factory,
-                                                                               monkeypatch):
+                                                                               monkeypatch, capsys):
     """On Colab each notebook has its own VM: with COURSE_PREDICTIONS_DIR naming a Drive folder (not there yet),
     02 and 03 copy their pair there and 04 reads that pair, run ids and checksum intact."""
     from utils.analysis import predictions_folder
@@ -255,11 +256,13 @@ def test_a_run_is_copied_where_predictions_dir_points_and_read_back_from_there(r
     monkeypatch.setenv("COURSE_PREDICTIONS_DIR", str(drive))
     save_run(FakeRun("03_x", "03-A"), {"base": _frame(3)}, rouge=0.5)
     assert sorted(p.name for p in drive.iterdir()) == ["03_x.json", "03_x.predictions.jsonl"]
+    assert "and copied to" in capsys.readouterr().out
     folder, chosen = predictions_folder()
     res, preds = load_run("03_x", folder)
     assert (folder, chosen) == (drive, True) and res["run_id"] == "03-A" and len(preds) == 3
     monkeypatch.setenv("COURSE_PREDICTIONS_DIR", str(results_dir))       # the results folder itself: no copy onto it
     save_run(FakeRun("03_x", "03-B"), {"base": _frame(2)}, rouge=0.6)
+    assert "copied" not in capsys.readouterr().out
     assert load_run("03_x")[0]["run_id"] == "03-B" and load_run("03_x", drive)[0]["run_id"] == "03-A"
 
 
@@ -391,7 +394,8 @@ def sms_download(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "CACHE_DIR", tmp_path)
     monkeypatch.delenv("COURSE_DATA_DIR", raising=False)
 
-    def urlopen(url, timeout, context=None):
+    def urlopen(url, timeout, context):      # the certificates' context is passed (python.org's macOS Python)
+        assert isinstance(context, ssl.SSLContext)
         calls.append(url)
         return _Response(served["payload"])
 
@@ -647,10 +651,15 @@ def test_a_dead_writers_temporary_file_is_told_from_a_live_ones_on_every_platfor
     assert results._alive(os.getpid()) and not results._alive(999_999_999)
 
 
-def test_the_sms_download_trusts_certifis_certificates():
-    """Python from python.org on macOS starts with no certificates: the UCI download failed as if offline."""
+def test_the_sms_download_trusts_certifis_certificates_beside_the_systems(monkeypatch):
+    """Python from python.org on macOS starts with no certificates: the UCI download failed as if offline. certifi's
+    are added to the system's (a company's own CA there keeps working)."""
     import certifi
 
+    loaded = []
+    original = ssl.SSLContext.load_verify_locations
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations",
+                        lambda self, *a, **k: (loaded.append(a or k), original(self, *a, **k))[1])
     context = data._https_context()
-    assert context.verify_mode.name == "CERT_REQUIRED" and context.check_hostname
-    assert len(context.get_ca_certs()) == open(certifi.where(), encoding="ascii").read().count("BEGIN CERTIFICATE")
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert loaded == [(certifi.where(),)] and context.get_ca_certs()

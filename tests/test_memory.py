@@ -70,6 +70,26 @@ def test_peak_memory_works_without_proc_as_on_macos_and_windows():
     assert 250 < delta < 450
 
 
+@pytest.mark.parametrize("platform, expected", [("darwin", 3072.0), ("win32", 2048.0), ("linux", 1024.0)])
+def test_peak_rss_reads_each_platforms_record_in_its_unit(monkeypatch, platform, expected):
+    """Without /proc: getrusage's ru_maxrss is bytes on macOS and KiB on Linux; Windows has no getrusage, psutil's
+    peak working set instead."""
+    import resource
+    import types
+
+    import psutil
+
+    import utils.memory as m
+
+    monkeypatch.setattr(m, "PROC", "/nonexistent")
+    monkeypatch.setattr(m.sys, "platform", platform)
+    maxrss = {"darwin": 3 * 2**30, "linux": 2**20}.get(platform, 0)
+    monkeypatch.setattr(resource, "getrusage", lambda who: types.SimpleNamespace(ru_maxrss=maxrss))
+    monkeypatch.setattr(psutil, "Process", lambda: types.SimpleNamespace(
+        memory_info=lambda: types.SimpleNamespace(peak_wset=2 * 2**30, rss=2**30)))
+    assert m.peak_rss_mb() == expected and m._rss_mb() == 1024.0
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim: Linux only")
 def test_a_measurement_after_a_freed_model_starts_from_what_is_in_use():
     """Memory freed inside glibc's heap stays resident (here 250 MB of 64 KB tensors, below the mmap threshold, with a

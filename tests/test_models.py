@@ -84,25 +84,31 @@ def test_gated_message_says_how_to_switch_model_in_a_notebook(monkeypatch):
 
 
 @pytest.mark.parametrize("status", [401, 403])
-def test_a_refused_token_says_what_to_do_and_other_http_errors_pass_through(monkeypatch, status):
-    """A mistyped, revoked or expired token is a plain 401 (huggingface_hub keeps "Invalid credentials" out of
-    RepositoryNotFoundError), and a token without read access a plain 403: both get the instructions."""
-    import huggingface_hub
-    from huggingface_hub.errors import HfHubHTTPError
+def test_a_refused_token_says_what_to_do_and_other_http_errors_pass_through(monkeypatch, tmp_path, status):
+    """Through the real hf_hub_download, its HEAD call answered with 401 (a mistyped, revoked or expired token) or 403
+    (a token without read access): both get the instructions. hf_hub_download raises the 401 as it is but turns the
+    403 into "check your connection" (LocalEntryNotFoundError); a server error stays that."""
+    import huggingface_hub.constants as constants
+    import huggingface_hub.file_download as file_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    def refuse(*args, code=status, **kwargs):
-        response = types.SimpleNamespace(headers={}, status_code=code, url="https://huggingface.co", request=None)
-        raise HfHubHTTPError("Invalid credentials in Authorization header", response=response)
+    def answer(code):
+        def head(*args, **kwargs):
+            response = types.SimpleNamespace(headers={}, status_code=code, url="https://huggingface.co", request=None)
+            raise HfHubHTTPError(f"{code} from the hub", response=response)
+        return head
 
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))          # nothing cached to fall back on
+    monkeypatch.setattr(file_download, "get_hf_file_metadata", answer(status))
     token = "hf_" + "w" * 34
     with pytest.raises(ModelAccessError) as err:
         models.check_llm_access(LLAMA, FALLBACK, token)
     msg = str(err.value)
     assert f"HTTP {status}" in msg and "mistyped, revoked or expired" in msg and f"COURSE_LLM={FALLBACK}" in msg
     assert token not in msg
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: refuse(code=500))
-    with pytest.raises(HfHubHTTPError):                 # a server error is not a token problem: raised as it is
+    monkeypatch.setattr(file_download, "get_hf_file_metadata", answer(500))
+    with pytest.raises(LocalEntryNotFoundError):       # not a token problem: the hub's own message stays
         models.check_llm_access(LLAMA, FALLBACK, token)
 
 
@@ -111,4 +117,22 @@ def test_token_is_stripped_of_the_newline_a_paste_leaves(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "  hf_" + "v" * 34 + "\n")
     assert models.hf_token() == "hf_" + "v" * 34
     monkeypatch.setenv("HF_TOKEN", " \n")
+    assert models.hf_token() is None
+
+
+def test_colab_secret_token_is_stripped_too(monkeypatch):
+    """On Colab the token comes from the secret HF_TOKEN (google.colab.userdata), pasted with its newline."""
+    import sys
+
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    secrets = {"HF_TOKEN": "hf_" + "u" * 34 + "\n"}
+    userdata = types.SimpleNamespace(get=lambda key: secrets[key])
+    colab = types.ModuleType("google.colab")
+    colab.userdata = userdata
+    if "google" not in sys.modules:
+        monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    assert models.hf_token() == "hf_" + "u" * 34
+    secrets["HF_TOKEN"] = "  "
     assert models.hf_token() is None

@@ -26,9 +26,50 @@ def test_no_hub_is_checked_before_the_gpu(monkeypatch):
     assert resolve_profile_name(env={}, cuda=False) == "smoke"
 
 
-def test_hub_check_goes_where_the_downloads_will_go(monkeypatch):
-    """A mirror (HF_ENDPOINT) is probed instead of huggingface.co, and an HTTPS proxy instead of either, unless
-    NO_PROXY exempts the host: behind a proxy the direct probe failed and a laptop fell back to `smoke`."""
+@pytest.fixture
+def proxy_env(monkeypatch):
+    for name in ("HF_HUB_OFFLINE", "HF_ENDPOINT", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY",
+                 "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def _fake_proxy(answer: bytes):
+    """A one-connection HTTP proxy on 127.0.0.1 that records the request and answers ``answer``."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    seen = []
+
+    def serve():
+        conn, _ = server.accept()
+        with conn:
+            seen.append(conn.recv(1024).decode())
+            conn.sendall(answer)
+        server.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server.getsockname()[1], seen
+
+
+@pytest.mark.parametrize("answer, reachable", [(b"HTTP/1.1 200 Connection established\r\n\r\n", True),
+                                               (b"HTTP/1.1 403 Forbidden\r\n\r\n", False)])
+def test_hub_check_asks_the_proxy_to_reach_the_hub(proxy_env, answer, reachable):
+    """Behind a proxy, the hub counts as reachable only if the proxy agrees to tunnel to it: a proxy that blocks
+    huggingface.co (a sandbox's) means offline, as before; one that lets it through means online (before, the direct
+    probe failed there and a laptop behind a company proxy fell back to `smoke`)."""
+    import utils.profiles as profiles
+
+    port, seen = _fake_proxy(answer)
+    proxy_env.setenv("HF_ENDPOINT", "https://hf-mirror.example")
+    proxy_env.setenv("HTTPS_PROXY", f"user:p%40ss@127.0.0.1:{port}")        # no scheme, as httpx also accepts
+    assert profiles.hub_reachable() is reachable
+    assert seen[0].startswith("CONNECT hf-mirror.example:443 HTTP/1.1\r\n")
+    assert "Proxy-Authorization: Basic dXNlcjpwQHNz\r\n" in seen[0]          # base64 of user:p@ss
+
+
+def test_hub_check_goes_direct_without_a_proxy_or_when_no_proxy_exempts_the_hub(proxy_env):
     import socket
 
     import utils.profiles as profiles
@@ -39,18 +80,12 @@ def test_hub_check_goes_where_the_downloads_will_go(monkeypatch):
         tried.append(address)
         raise OSError("unreachable")
 
-    monkeypatch.setattr(socket, "create_connection", connect)
-    for name in ("HF_HUB_OFFLINE", "HF_ENDPOINT", "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
+    proxy_env.setattr(socket, "create_connection", connect)
     assert not profiles.hub_reachable()
-    monkeypatch.setenv("HF_ENDPOINT", "https://hf-mirror.example")
-    profiles.hub_reachable()
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
-    profiles.hub_reachable()
-    monkeypatch.setenv("NO_PROXY", "hf-mirror.example")
-    profiles.hub_reachable()
-    assert tried == [("huggingface.co", 443), ("hf-mirror.example", 443), ("proxy.example", 3128),
-                     ("hf-mirror.example", 443)]
+    proxy_env.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    proxy_env.setenv("NO_PROXY", "huggingface.co")
+    assert not profiles.hub_reachable()
+    assert tried == [("huggingface.co", 443), ("huggingface.co", 443)]
 
 
 def test_explicit_profile_wins():

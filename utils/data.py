@@ -162,15 +162,19 @@ def _sms_cache_problem(target: Path, stamp: Path) -> str | None:
 
 
 def _https_context():
-    """certifi's certificates where installed (they come with huggingface_hub's httpx): Python from python.org on
-    macOS has none of its own until "Install Certificates.command" runs, and the download failed as if offline."""
+    """The system's certificates (and ``SSL_CERT_FILE``'s), plus certifi's where installed (they come with
+    huggingface_hub's httpx): Python from python.org on macOS has none of its own until "Install
+    Certificates.command" runs, and the download failed as if offline."""
     import ssl
 
+    context = ssl.create_default_context()
     try:
         import certifi
+
+        context.load_verify_locations(certifi.where())
     except ImportError:
-        return None
-    return ssl.create_default_context(cafile=certifi.where())
+        pass
+    return context
 
 
 def _download_sms() -> Path:

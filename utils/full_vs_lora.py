@@ -152,8 +152,9 @@ def train_method(task: SummaryTask, model, train_examples, val_examples, sizes, 
                  seed: int, eval_points: int = EVAL_POINTS) -> dict:
     """Train ``model`` with the Trainer, measured: seconds, peak memory (GPU allocator, or the process RSS on a
     CPU) and what training added to it, the training losses and the validation losses; and the exact
-    ``account`` of a step's tensors (:func:`utils.memory.training_account`, on the batch of the longest training
-    examples, the largest a step meets) to explain the measured memory. After training, the
+    ``account`` of a step's tensors (:func:`utils.memory.training_account`, on a batch of the longest training
+    examples: about the most a step of this batch size keeps, whether or not the run drew it) to explain the
+    measured memory. After training, the
     autocast wrapper that mixed precision leaves on ``model.forward`` is removed, so the trained model is
     evaluated in fp32 like every other model of the chapter."""
     from transformers import PrinterCallback, Trainer

@@ -155,7 +155,7 @@ def hf_token() -> str | None:
 def check_llm_access(model_id: str, fallback: str, token: str | None) -> None:
     """Fail early, with instructions, when a gated model (Llama 3.2) cannot be downloaded."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     how = (f"To use {model_id}: (1) accept its licence at https://huggingface.co/{model_id}, "
            f"(2) create a read token at https://huggingface.co/settings/tokens, (3) store it as HF_TOKEN "
@@ -169,8 +169,9 @@ def check_llm_access(model_id: str, fallback: str, token: str | None) -> None:
     except (GatedRepoError, RepositoryNotFoundError) as e:
         state = "no token was found" if not token else "the token has no access to it"
         raise ModelAccessError(f"{model_id} is gated and {state} ({type(e).__name__}). {how}") from None
-    except HfHubHTTPError as e:        # 401: a mistyped, revoked or expired token; 403: a token without read access
-        status = getattr(getattr(e, "response", None), "status_code", None)
+    except (HfHubHTTPError, LocalEntryNotFoundError) as e:   # 401: a mistyped, revoked or expired token; 403: one
+        http = e if isinstance(e, HfHubHTTPError) else e.__cause__  # without read access, which hf_hub_download
+        status = getattr(getattr(http, "response", None), "status_code", None)  # reports as "check your connection"
         if status not in (401, 403):
             raise
         raise ModelAccessError(f"the hub refused the token for {model_id} (HTTP {status}): it may be mistyped, "

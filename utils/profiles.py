@@ -205,23 +205,41 @@ PROFILES: dict[str, Profile] = {
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """True when the Hugging Face Hub, or the mirror ``HF_ENDPOINT`` names, accepts a connection: directly, or
-    through the proxy that ``HTTPS_PROXY`` names (as huggingface_hub's downloads will go), unless ``NO_PROXY`` exempts
-    it; False when offline mode is forced (``HF_HUB_OFFLINE``)."""
+    """True when the Hugging Face Hub, or the mirror ``HF_ENDPOINT`` names, can be reached the way huggingface_hub's
+    downloads will go: directly, or through the proxy ``HTTPS_PROXY`` (or ``ALL_PROXY``) names, unless ``NO_PROXY``
+    exempts the host; through a proxy, only if the proxy agrees to connect to it (a proxy that blocks the hub means
+    offline). False when offline mode is forced (``HF_HUB_OFFLINE``)."""
     from urllib.parse import urlsplit
     from urllib.request import getproxies_environment, proxy_bypass_environment
 
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
         return False
     hub = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    proxy = getproxies_environment().get(hub.scheme)
-    target = urlsplit(proxy) if proxy and not proxy_bypass_environment(hub.hostname) else hub
+    host, port = hub.hostname, hub.port or (443 if hub.scheme == "https" else 80)
+    proxies = getproxies_environment()
+    proxy = None if proxy_bypass_environment(host) else proxies.get(hub.scheme) or proxies.get("all")
     try:
-        with socket.create_connection((target.hostname, target.port or (443 if target.scheme == "https" else 80)),
-                                      timeout=timeout):
-            return True
+        if not proxy or proxy.startswith("socks"):
+            with socket.create_connection((host, port), timeout=timeout):
+                return True
+        return _proxy_connects(urlsplit(proxy if "://" in proxy else "http://" + proxy), host, port, timeout)
     except OSError:
         return False
+
+
+def _proxy_connects(proxy, host: str, port: int, timeout: float) -> bool:
+    """Ask an HTTP proxy to open a tunnel to ``host:port`` (``CONNECT``); True when it answers 200."""
+    import base64
+    from urllib.parse import unquote
+
+    auth = ""
+    if proxy.username:
+        secret = f"{unquote(proxy.username)}:{unquote(proxy.password or '')}".encode()
+        auth = f"Proxy-Authorization: Basic {base64.b64encode(secret).decode()}\r\n"
+    with socket.create_connection((proxy.hostname, proxy.port or 80), timeout=timeout) as s:
+        s.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}\r\n".encode())
+        status = s.recv(64).split(b" ", 2)
+    return len(status) > 1 and status[1] == b"200"
 
 
 COLAB_MIN_GPU_GIB = 14.0    # a T4 reports 14.7 GiB; the colab profile plans ~8 GB (03's QLoRA) to ~10 GB (02, T5 in fp32)

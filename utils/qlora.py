@@ -125,10 +125,11 @@ def loss_printer(every: int = 5):
             if logs and "loss" in logs and not math.isfinite(logs["loss"]):
                 precision = "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32"
                 raise NonFiniteLossError(
-                    f"the training loss is {logs['loss']} at step {step} ({precision}): training stopped, the adapter is "
-                    f"not usable. In fp16 (a T4) a model's activations can overflow (T5 and some Qwen models do): set "
-                    f"COURSE_MIXED_PRECISION=no (fp32: slower, more memory) and re-run from the cell that loads the "
-                    f"model. In fp32 or bf16, lower the learning rate (e.g. COURSE_OVERRIDE=qlora.lr=1e-4).")
+                    f"the training loss is {logs['loss']} at step {step} ({precision}): training stopped. In fp16 (a "
+                    f"T4) a model's activations can overflow (T5 and some Qwen models do), and then no step trains (the "
+                    f"loss scaler skips each one): set COURSE_MIXED_PRECISION=no (fp32: slower, more memory) and re-run "
+                    f"from the cell that loads the model. In fp32 or bf16 the weights are poisoned: lower the learning "
+                    f"rate (e.g. COURSE_OVERRIDE=qlora.lr=1e-4) and re-run from section 1, which reads it.")
             if logs and "loss" in logs and (step % every == 0 or last or step == 1):
                 print(f"step {step:>4}/{state.max_steps} | loss {logs['loss']:.3f} | "
                       f"{time.perf_counter() - self.t0:5.0f} s", flush=True)
