@@ -159,6 +159,17 @@ def test_notebook_alone_on_colab_cpu_runtime(key, precision, tmp_path, hub, sms_
     CLONES[key] = clone
 
 
+def test_notebook_03_alone_on_the_ungated_fallback(tmp_path, hub, sms_url, course_repo):
+    """What the gated-model message tells a student without Llama access: COURSE_LLM=Qwen/Qwen2.5-3B-Instruct, then
+    notebook 03 from section 1. The whole notebook on the fallback's stand-in (Qwen2 architecture, ChatML, <|im_end|>),
+    bf16 standing in for a T4's fp16: its checked invariants hold and its results name the fallback."""
+    nb, clone = run_on_colab("03", tmp_path, hub, sms_url, course_repo, COURSE_MIXED_PRECISION="bf16",
+                             COURSE_LLM="Qwen/Qwen2.5-3B-Instruct")
+    assert "Qwen/Qwen2.5-3B-Instruct" in colab.outputs_text(nb), "the banner does not name the fallback"
+    assert broken_invariants(nb) == [], "checked invariants print False on the fallback"
+    assert _results(clone, NOTEBOOKS["03"].stem)["model"] == "Qwen/Qwen2.5-3B-Instruct"
+
+
 def test_notebook_04_alone_says_it_holds_none_of_the_students_predictions(tmp_path, hub, sms_url, course_repo):
     nb, _ = run_on_colab("04", tmp_path, hub, sms_url, course_repo)
     text = colab.outputs_text(nb)
