@@ -11,6 +11,8 @@
   copied there, it must analyse those.
   Checked invariants (lines of ``# NBVAL_CHECK_OUTPUT`` cells ending in ``: False``, quality claims aside) must
   hold: the bf16 run is what shows a mixed-precision defect such as the autocast wrapper left on after training.
+* **A Colab CPU runtime** (no GPU, the quota used up): notebooks 02, 03, 05 and 06 alone on the ``laptop`` profile.
+* **The ungated fallback** the gated-model message offers: notebook 03 alone with ``COURSE_LLM`` set to Qwen2.5-3B.
 * **A laptop online without a GPU**: notebook 01 on the ``laptop`` profile, in a fresh clone, no Colab.
 
 The real ids (openai-community/gpt2, google/flan-t5-base, meta-llama/Llama-3.2-3B-Instruct, ...) resolve from a
@@ -157,6 +159,18 @@ def test_notebook_alone_on_colab_cpu_runtime(key, precision, tmp_path, hub, sms_
         for name in (f"{NOTEBOOKS[key].stem}.json", f"{NOTEBOOKS[key].stem}.predictions.jsonl"):
             assert (drive / name).read_bytes() == (clone / "results" / name).read_bytes(), f"{name} not copied to Drive"
     CLONES[key] = clone
+
+
+@pytest.mark.parametrize("key", ["02", "03", "05", "06"])
+def test_notebook_alone_on_a_colab_cpu_runtime_once_the_gpu_quota_is_gone(key, tmp_path, hub, sms_url, course_repo):
+    """A Colab CPU runtime reaches the hub without a GPU: the `laptop` profile (named here, since the simulated hub is
+    offline to the probe), with its models: flan-t5-base, and SmolLM2 from the hub in 4-bit for the QLoRA chapters."""
+    nb, clone = run_on_colab(key, tmp_path, hub, sms_url, course_repo, COURSE_PROFILE="laptop")
+    text = colab.outputs_text(nb)
+    assert re.search(r"profile\s*: laptop", text), "the banner does not state the laptop profile"
+    assert ("google/flan-t5-base" if key == "02" else builder.SMOLLM2) in text, "not the laptop profile's model"
+    assert broken_invariants(nb) == [], "checked invariants print False on a Colab CPU runtime"
+    assert _results(clone, NOTEBOOKS[key].stem)["profile"] == "laptop"
 
 
 def test_notebook_03_alone_on_the_ungated_fallback(tmp_path, hub, sms_url, course_repo):
