@@ -224,6 +224,9 @@ def test_banner_states_profile_device_model_data_overrides_precision(monkeypatch
     assert lines[5] == "precision: mixed precision bf16 (COURSE_MIXED_PRECISION=bf16)"
     assert run.profile.qlora.eval == 4 and run.info["overrides"] == ["qlora.eval=4", "qlora.train=8"]
     assert run.info["mixed_precision"] == "bf16"
+    run.banner(model=SMOLLM2, data="knkarthick/dialogsum", precision="fp32 throughout (no mixed precision here)")
+    assert capsys.readouterr().out.splitlines()[5] == "precision: fp32 throughout (no mixed precision here)"
+    assert run.info["mixed_precision"] == "fp32 throughout (no mixed precision here)"    # not the machine's bf16
 
 
 @pytest.mark.parametrize("capability, machine, expected", [

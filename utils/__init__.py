@@ -41,11 +41,14 @@ class Run:
 
         self.run_id = new_run_id(stem)      # stamped on this run's results and predictions (utils.results.save_run)
 
-    def banner(self, model: str, data: str, **extra) -> None:
-        """The notebook's first output: profile, device, model, data, size overrides, mixed precision."""
+    def banner(self, model: str, data: str, precision: str | None = None, **extra) -> None:
+        """The notebook's first output: profile, device, model, data, size overrides, mixed precision. A notebook
+        that uses no mixed precision says what it does instead (``precision``): the machine's choice (fp16 on a
+        T4) would otherwise be printed and saved for a run that never used it."""
         from .models import mixed_precision
 
-        precision = mixed_precision()
+        chosen = precision is None
+        precision = mixed_precision() if chosen else precision
         overrides = ", ".join(self.profile.overrides) or "none"
         self.info.update(model=model, data_source=data, overrides=list(self.profile.overrides),
                          mixed_precision=precision, **extra)
@@ -55,7 +58,8 @@ class Run:
         print(f"data     : {data}")
         print(f"overrides: {overrides}" + ("" if self.profile.overrides else " (COURSE_OVERRIDE changes sizes)"))
         print(f"precision: mixed precision {precision} "
-              f"(COURSE_MIXED_PRECISION={os.environ.get('COURSE_MIXED_PRECISION', '') or 'auto'})")
+              f"(COURSE_MIXED_PRECISION={os.environ.get('COURSE_MIXED_PRECISION', '') or 'auto'})" if chosen
+              else f"precision: {precision}")
         for k, v in extra.items():
             print(f"{k:<9}: {v}")
 
