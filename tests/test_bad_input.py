@@ -640,8 +640,6 @@ def test_a_folder_written_atomically_is_old_or_new_never_a_mix(tmp_path):
 def test_a_dead_writers_temporary_file_is_told_from_a_live_ones_on_every_platform(monkeypatch, platform):
     """On Windows os.kill(pid, 0) sends a Ctrl+C event (and raises WinError 87 for a dead pid): there the check asks
     psutil instead, and never calls os.kill."""
-    import os
-
     import psutil
 
     monkeypatch.setattr(results.sys, "platform", platform)

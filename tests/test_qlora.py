@@ -1,4 +1,6 @@
 """The chapter-3 recipe's helpers: chat examples, exact LoRA counts, and the 4-bit CPU trap."""
+import types
+
 import pytest
 import torch
 from peft import get_peft_model
@@ -271,11 +273,11 @@ def test_notebook_03_says_where_to_run_the_finetune_commands():
         pytest.fail("notebook 03 no longer shows the finetune commands: update this test")
 
 
+ONE_EXAMPLE_STEPS = types.SimpleNamespace(epochs=1, batch_size=1, grad_accum=1, lr=1e-3)   # sizes for the Trainer tests
+
 def test_training_stops_at_the_first_nan_loss_with_what_to_change(tmp_path, capsys):
     """A loss that turns NaN at step 3 (as an fp16 overflow does): the Trainer, with the course's arguments, logs it as
     it is, and loss_printer stops training there with the advice; steps 1 and 2 were printed normally."""
-    import types
-
     from transformers import Trainer
 
     from utils.qlora import NonFiniteLossError, loss_printer, training_arguments
@@ -290,7 +292,7 @@ def test_training_stops_at_the_first_nan_loss_with_what_to_change(tmp_path, caps
             loss = ((self.w * x - labels) ** 2).mean()
             return {"loss": loss * float("nan") if self.calls >= 3 else loss}
 
-    sizes = types.SimpleNamespace(epochs=1, batch_size=1, grad_accum=1, lr=1e-3)
+    sizes = ONE_EXAMPLE_STEPS
     args = training_arguments(sizes, tmp_path, torch.float32, gradient_checkpointing=False, use_cpu=True)
     data = [{"x": torch.tensor([1.0]), "labels": torch.tensor([2.0])} for _ in range(6)]
     trainer = Trainer(model=Overflows(), args=args, train_dataset=data, callbacks=[loss_printer(every=1)])
@@ -303,8 +305,6 @@ def test_training_stops_at_the_first_nan_loss_with_what_to_change(tmp_path, caps
 def test_training_stays_on_the_cpu_where_bitsandbytes_keeps_the_4bit_model(monkeypatch, tmp_path):
     """Without CUDA the Trainer runs on the CPU, even where Apple's mps exists: it would pick mps by itself and send
     the batches there, while the 4-bit model stays on the CPU (a device mismatch at the first step on a Mac)."""
-    import types
-
     import transformers.training_args as targs
 
     from utils.qlora import training_arguments
@@ -312,7 +312,7 @@ def test_training_stays_on_the_cpu_where_bitsandbytes_keeps_the_4bit_model(monke
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(targs, "is_torch_mps_available", lambda *a, **k: True, raising=False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
-    sizes = types.SimpleNamespace(epochs=1, batch_size=1, grad_accum=1, lr=1e-3)
+    sizes = ONE_EXAMPLE_STEPS
     args = training_arguments(sizes, tmp_path, torch.float32)
     assert args.use_cpu and args.device.type == "cpu"
     assert training_arguments(sizes, tmp_path, torch.float32, use_cpu=False).device.type == "mps"   # what it guards

@@ -15,6 +15,7 @@ Two model families behind one :class:`SummaryTask`:
 from __future__ import annotations
 
 import gc
+import heapq
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,9 +170,9 @@ def train_method(task: SummaryTask, model, train_examples, val_examples, sizes, 
     with Timer() as clock, PeakMemory() as mem:
         trainer.train()
     drop_mixed_precision_wrapper(trainer)
-    longest = sorted(train_examples, key=lambda e: len(e["input_ids"]) + len(e["labels"]), reverse=True)
-    account = training_account(model, trainer.optimizer, trainer.data_collator(longest[:sizes.batch_size]),
-                               {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision(task)))
+    longest = heapq.nlargest(sizes.batch_size, train_examples, key=lambda e: len(e["input_ids"]) + len(e["labels"]))
+    account = training_account(model, trainer.optimizer, trainer.data_collator(longest),
+                               torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None)
     logs = trainer.state.log_history
     return {"lr": lr, "seconds": clock.seconds, "peak_mb": mem.peak_mb, "added_mb": mem.delta_mb,
             "memory_kind": mem.kind, "account": account, "loss": [(h["step"], h["loss"]) for h in logs if "loss" in h],

@@ -143,8 +143,8 @@ def gpt2_tokenizer(profile: Profile):
 def hf_token() -> str | None:
     """The Hugging Face token from the environment or Colab's secrets; never printed."""
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
-        if os.environ.get(name, "").strip():
-            return os.environ[name].strip()      # a pasted token often ends in a newline; the hub would refuse it
+        if token := os.environ.get(name, "").strip():     # a pasted token often ends in a newline: refused
+            return token
     try:
         from google.colab import userdata  # type: ignore
         return (userdata.get("HF_TOKEN") or "").strip() or None

@@ -215,8 +215,9 @@ def save_run(run, predictions: dict[str, pd.DataFrame], **results) -> dict:
     print(f"{n} predictions of {list(predictions)} written to results/{path.name} (run {run.run_id})")
     extra = predictions_dir()
     if extra is not None and extra[0].resolve() != RESULTS_DIR.resolve():
-        for name in (f"{run.stem}.json", path.name):
-            atomic_write_text(extra[0] / name, (RESULTS_DIR / name).read_text(encoding="utf-8"))
+        results_file = f"{run.stem}.json"
+        atomic_write_text(extra[0] / results_file, (RESULTS_DIR / results_file).read_text(encoding="utf-8"))
+        atomic_write_text(extra[0] / path.name, text)          # the predictions, still in memory
         print(f"and copied to {show(extra[0])} ({PREDICTIONS_DIR_ENV}), where notebook 04 reads them")
     return payload
 
