@@ -150,8 +150,16 @@ class RecordingCollator:
         return self.pad(batch)
 
 
+# After a non-finite loss, in the script: (after fp16, how to run again; otherwise, what to change). resume=false:
+# a checkpoint saved between that step and the log that showed it may hold ruined weights.
+SCRIPT_REMEDY = ("run the same command again with --set resume=false",
+                 "lower lr in the config (e.g. lr = 1e-4) and run again with --set resume=false")
+
+
 def _callbacks(plan: Plan):
     from transformers import TrainerCallback
+
+    from utils.qlora import check_finite_loss
 
     cfg = plan.cfg
 
@@ -186,7 +194,13 @@ def _callbacks(plan: Plan):
             if st.global_step >= cfg.stop_after_steps:
                 self._die(st)
 
-    out = []
+    class StopOnNonFiniteLoss(TrainerCallback):
+        """Stops at the first NaN or infinite logged loss, with what to change (utils.qlora.check_finite_loss)."""
+
+        def on_log(self, args, st, control, logs=None, **kw):
+            check_finite_loss(logs, st.global_step, args, SCRIPT_REMEDY)
+
+    out = [StopOnNonFiniteLoss()]
     fingerprints = Fingerprints() if cfg.report and not _fsdp_enabled() else None
     if fingerprints:
         out.append(fingerprints)
@@ -328,7 +342,7 @@ def build_trainer(plan: Plan, model, tok, examples: list[dict], fsdp: bool):
 
     cfg = plan.cfg
     overrides = dict(disable_tqdm=False, logging_steps=cfg.logging_steps, seed=cfg.seed, data_seed=cfg.seed,
-                     gradient_checkpointing=cfg.gradient_checkpointing, save_total_limit=cfg.save_total_limit,
+                     activation_checkpointing=cfg.gradient_checkpointing, save_total_limit=cfg.save_total_limit,
                      save_strategy="steps" if cfg.save_steps else "epoch", ddp_find_unused_parameters=False,
                      use_cpu=not torch.cuda.is_available())    # on CPUs: several processes talk over gloo
     if cfg.save_steps:
@@ -338,7 +352,7 @@ def build_trainer(plan: Plan, model, tok, examples: list[dict], fsdp: bool):
     if cfg.optim or fsdp:
         overrides["optim"] = cfg.optim or "adamw_torch"   # FSDP shards plain AdamW states, not bitsandbytes' paged ones
     if fsdp:                                              # as in PEFT's FSDP-QLoRA example
-        overrides["gradient_checkpointing_kwargs"] = {"use_reentrant": True}
+        overrides["activation_checkpointing_kwargs"] = {"use_reentrant": True}
     args = training_arguments(plan.sizes, plan.output_dir, compute_dtype(), **overrides)
     collator = RecordingCollator(tok.pad_token_id)
     callbacks, fingerprints = _callbacks(plan)

@@ -293,7 +293,7 @@ def test_training_stops_at_the_first_nan_loss_with_what_to_change(tmp_path, caps
             return {"loss": loss * float("nan") if self.calls >= 3 else loss}
 
     sizes = ONE_EXAMPLE_STEPS
-    args = training_arguments(sizes, tmp_path, torch.float32, gradient_checkpointing=False, use_cpu=True)
+    args = training_arguments(sizes, tmp_path, torch.float32, activation_checkpointing=False, use_cpu=True)
     data = [{"x": torch.tensor([1.0]), "labels": torch.tensor([2.0])} for _ in range(6)]
     trainer = Trainer(model=Overflows(), args=args, train_dataset=data, callbacks=[loss_printer(every=1)])
     with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 3 \(fp32\).*COURSE_OVERRIDE=qlora.lr"):

@@ -50,6 +50,7 @@ COMMANDS = {
                            "lacks)",
     "make site": "the static site in `_site/`",
 }
+BUDGETS = {"make test": 1200}       # seconds: the fresh-clone test's budget; the table says which runs went over it
 
 
 def _results() -> list[dict]:
@@ -147,6 +148,9 @@ def timings_block() -> str:
         if slow is not runs[0] and slow not in others.values():
             cell += (f". Slowest of the {len(runs)} measured: {_duration(slow['seconds'])} ({_cpu(slow)}, "
                      f"{slow['date']}): plan for it")
+        if over := [m for m in runs if m["seconds"] > BUDGETS.get(command, float("inf"))]:
+            cell += (f". Over the budget ({BUDGETS[command] // 60} min): {len(over)} of the {len(runs)} measured, on "
+                     + "; ".join(sorted({_cpu(m) for m in over})))
         lines.append(f"| `{command}` | {what} | {cell} |")
     lines += ["", T_END]
     return "\n".join(lines)

@@ -32,7 +32,8 @@ def relative_gains(gains, anchors: dict):
     ax.legend(handles=[plt.Line2D([], [], ls="", marker=MARKERS[k], color="#555555", label=k) for k in MARKERS if k != "cosine"]
               + [plt.Line2D([], [], ls="", marker="o", color=COLORS[m], label=m) for m in ("full", "lora", "qlora")]
               + [plt.Line2D([], [], ls="", marker="*", ms=11, color="#333333",
-                            label="reference lab (points gained):\nFlan-T5-base, real DialogSum test")],
+                            label="reference lab (points gained): Flan-T5-base,\nreal DialogSum, mean over references\n"
+                                  "(the curves' shape only: not our scoring)")],
               fontsize=8, ncol=2, loc="lower left")
     return fig
 
@@ -132,8 +133,10 @@ def meaning_against_overlap(scores, focus: str, main: str, agreement: dict[str, 
               if not np.isnan(agreement.get(f"{main[:2]} {m}", np.nan))}           # nan: a constant column
     weakest = min(within, key=within.get) if within else None
     ax.set(xlabel=f"{focus} F1 × 100", ylabel="cosine similarity (all-MiniLM-L6-v2)",
-           title=f"Meaning against word overlap, notebook {main[:2]}: ρ = {agreement[f'{main[:2]} all models']:.2f} pooled"
-                 + (f", {within[weakest]:.2f} within {weakest}" if weakest else ""))
+           title=f"Meaning against word overlap: notebook {main[:2]}'s models (circles) ρ = "
+                 f"{agreement[f'{main[:2]} all models']:.2f} pooled"
+                 + (f", {within[weakest]:.2f} within {weakest}" if weakest else "")
+                 + f"\n(Spearman, {len(next(iter(scores[main].values())))} dialogues each; crosses: the other notebook's)")
     ax.legend(fontsize=8)
     return fig
 

@@ -27,7 +27,7 @@ def nf4_levels(offset: float = NF4_OFFSET) -> torch.Tensor:
     """The 16 NF4 levels in [-1, 1], sorted, float64.
 
     Asymmetric on purpose: 8 positive levels (quantiles at 8 evenly spaced probabilities from ``offset``
-    down to just above 0.5), 7 negative ones (7 such probabilities, mirrored) and an exact zero, so that
+    down to one step above 0.5), 7 negative ones (7 such probabilities, mirrored) and an exact zero, so that
     zero (padding, pruned weights) is represented exactly and all 16 codes are used. Divided by the largest
     level, so both ends are exactly -1 and 1."""
     if not 0.5 < offset < 1:

@@ -242,7 +242,7 @@ def _proxy_connects(proxy, host: str, port: int, timeout: float) -> bool:
     return len(status) > 1 and status[1] == b"200"
 
 
-COLAB_MIN_GPU_GIB = 14.0    # a T4 reports 14.7 GiB; the colab profile plans ~8 GB (03's QLoRA) to ~10 GB (02, T5 in fp32)
+COLAB_MIN_GPU_GIB = 14.0    # a T4 reports 14.7 GiB; the colab profile plans at most ~8 GB (notebooks 02 and 03)
 
 
 def resolve_profile_name(env: dict | None = None, cuda: bool | None = None, hub: bool | None = None,

@@ -81,8 +81,8 @@ def training_arguments(sizes, output_dir, dtype: torch.dtype, **overrides):
 
     args = dict(output_dir=str(output_dir), num_train_epochs=sizes.epochs, per_device_train_batch_size=sizes.batch_size,
                 gradient_accumulation_steps=sizes.grad_accum, learning_rate=sizes.lr, lr_scheduler_type="constant",
-                warmup_steps=0, optim=optimizer_name(), gradient_checkpointing=True,
-                gradient_checkpointing_kwargs={"use_reentrant": False}, logging_steps=1, save_strategy="no",
+                warmup_steps=0, optim=optimizer_name(), activation_checkpointing=True,
+                activation_checkpointing_kwargs={"use_reentrant": False}, logging_steps=1, save_strategy="no",
                 report_to="none", disable_tqdm=True, seed=42, data_seed=42, remove_unused_columns=False,
                 fp16=dtype == torch.float16, bf16=dtype == torch.bfloat16, dataloader_pin_memory=False,
                 logging_nan_inf_filter=False,     # log a NaN loss as it is (loss_printer stops on it), not the mean
@@ -106,12 +106,30 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite: the adapter is ruined from that step on."""
 
 
+# What to do after a non-finite loss, in a notebook: (after fp16, where to re-run from; otherwise, what to change)
+NOTEBOOK_REMEDY = ("re-run from the cell that loads the model",
+                   "lower the learning rate (e.g. COURSE_OVERRIDE=qlora.lr=1e-4) and re-run from section 1, which reads it")
+
+
+def check_finite_loss(logs: dict | None, step: int, args, remedy: tuple[str, str] = NOTEBOOK_REMEDY) -> None:
+    """Raise :class:`NonFiniteLossError`, with what to change, when a logged training loss is NaN or infinite
+    (the Trainer logs it as it is with ``logging_nan_inf_filter=False``, as ``training_arguments`` sets)."""
+    import math
+
+    if logs and "loss" in logs and not math.isfinite(logs["loss"]):
+        precision = "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32"
+        raise NonFiniteLossError(
+            f"the training loss is {logs['loss']} at step {step} ({precision}): training stopped. In fp16 (a T4) a "
+            f"model's activations can overflow (T5 and some Qwen models do), and then no step trains (the loss scaler "
+            f"skips each one): set COURSE_MIXED_PRECISION=no (fp32: slower, more memory) and {remedy[0]}. In fp32 or "
+            f"bf16 the weights are poisoned: {remedy[1]}.")
+
+
 def loss_printer(every: int = 5):
     """A Trainer callback that prints one short line every ``every`` optimizer steps (and at the last):
     step, training loss, seconds so far. A live view of the loss without a line per step. It stops training at
-    the first NaN or infinite loss (:class:`NonFiniteLossError`, with what to change): in fp16, on a T4, a model's
-    activations can overflow, and the Trainer would otherwise go on, logging the window's mean instead."""
-    import math
+    the first NaN or infinite loss (:func:`check_finite_loss`): in fp16, on a T4, a model's activations can
+    overflow, and the Trainer would otherwise go on, logging the window's mean instead."""
     import time
 
     from transformers import TrainerCallback
@@ -122,14 +140,7 @@ def loss_printer(every: int = 5):
 
         def on_log(self, args, state, control, logs=None, **kw):
             step, last = state.global_step, state.global_step == state.max_steps
-            if logs and "loss" in logs and not math.isfinite(logs["loss"]):
-                precision = "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32"
-                raise NonFiniteLossError(
-                    f"the training loss is {logs['loss']} at step {step} ({precision}): training stopped. In fp16 (a "
-                    f"T4) a model's activations can overflow (T5 and some Qwen models do), and then no step trains (the "
-                    f"loss scaler skips each one): set COURSE_MIXED_PRECISION=no (fp32: slower, more memory) and re-run "
-                    f"from the cell that loads the model. In fp32 or bf16 the weights are poisoned: lower the learning "
-                    f"rate (e.g. COURSE_OVERRIDE=qlora.lr=1e-4) and re-run from section 1, which reads it.")
+            check_finite_loss(logs, step, args)
             if logs and "loss" in logs and (step % every == 0 or last or step == 1):
                 print(f"step {step:>4}/{state.max_steps} | loss {logs['loss']:.3f} | "
                       f"{time.perf_counter() - self.t0:5.0f} s", flush=True)
