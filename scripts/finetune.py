@@ -209,21 +209,23 @@ def _callbacks(plan: Plan):
     return out, fingerprints
 
 
-def _generate(model, tok, dialogues: list[str], plan: Plan, state, what: str) -> list[str]:
+def _generate(model, tok, dialogues: list[str], plan: Plan, state, what: str) -> tuple[list[str], dict]:
     """Greedy summaries with notebook 03's ``generate_summaries``; each process takes a contiguous
-    slice of the dialogues and the main process gathers them in order. A progress bar per batch."""
+    slice of the dialogues and the main process gathers them in order. A progress bar per batch.
+    Returns every prediction, in the dialogues' order, and this process's own (their indices and predictions)."""
     from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
     from utils.qlora import generate_summaries
 
     b = plan.cfg.eval_batch_size
-    with state.split_between_processes(dialogues) as mine:
+    with state.split_between_processes(list(range(len(dialogues)))) as mine:
         preds = []
         for i in tqdm(range(0, len(mine), b), desc=f"generating ({what})", disable=not state.is_main_process,
                       unit="batch"):
-            preds += generate_summaries(model, tok, mine[i:i + b], plan.sizes.max_new_tokens, batch_size=b)
-    return gather_object(preds)
+            preds += generate_summaries(model, tok, [dialogues[k] for k in mine[i:i + b]], plan.sizes.max_new_tokens,
+                                        batch_size=b)
+    return gather_object(preds), {"indices": list(mine), "predictions": preds}
 
 
 def evaluate(model, tok, eval_df, plan: Plan, state) -> dict:
@@ -231,14 +233,14 @@ def evaluate(model, tok, eval_df, plan: Plan, state) -> dict:
 
     dialogues = list(eval_df["dialogue"])
     scores = {}
-    preds = _generate(model, tok, dialogues, plan, state, "fine-tuned")
+    preds, own = _generate(model, tok, dialogues, plan, state, "fine-tuned")
     scores["finetuned"] = rouge(preds, eval_df["references"])
     if plan.cfg.compare_base:
         with model.disable_adapter():
-            base = _generate(model, tok, dialogues, plan, state, "base")
+            base, _ = _generate(model, tok, dialogues, plan, state, "base")
         scores["base"] = rouge(base, eval_df["references"])
     return {"rouge": scores, "n_eval": len(preds), "examples": [        # len(preds): after the gather
-        {"id": i, "prediction": p} for i, p in zip(eval_df["id"][:3], preds[:3])]}
+        {"id": i, "prediction": p} for i, p in zip(eval_df["id"][:3], preds[:3])], "this_process": own}
 
 
 def _write_json(path: Path, payload: dict, rounded: bool = True) -> None:
@@ -398,6 +400,7 @@ def run(plan: Plan) -> dict:
         from peft import PeftModel
 
         metrics = evaluate(PeftModel.from_pretrained(model, str(plan.adapter_dir)), tok, data.eval_df, plan, state)
+        metrics.pop("this_process")
         if state.is_main_process:
             _write_json(plan.output_dir / "eval_metrics.json", metrics)
             _print_scores(metrics)
@@ -438,8 +441,10 @@ def run(plan: Plan) -> dict:
                "losses": [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h],
                "train_seconds": round(train_time.seconds, 1), "peak_memory_kind": peak.kind,
                "peak_memory_mb_per_process": gather_list([round(peak.peak_mb)])}
+    evaluated = {}                                        # this process's share of the evaluation (for the report)
     if cfg.evaluate and not trainer.is_fsdp_enabled:
         metrics.update(evaluate(trainer.model, tok, data.eval_df, plan, state))
+        evaluated = metrics.pop("this_process")
     elif cfg.evaluate:
         say("evaluation   : skipped under FSDP (the weights are sharded); score the saved adapter on one GPU "
             "with the same config and --set eval_only=true")
@@ -452,7 +457,7 @@ def run(plan: Plan) -> dict:
             "distributed_type": state.distributed_type.value, "backend": state.backend,
             "ids_seen": collator.seen, "fingerprints": fingerprints.by_step if fingerprints else {},
             "wrote_adapter": bool(trainer.args.should_save), "losses": metrics["losses"],
-            "resumed_from": metrics["resumed_from"]})
+            "resumed_from": metrics["resumed_from"], "evaluated": evaluated})
     _finish(state)
     return metrics
 

@@ -102,7 +102,26 @@ def test_lora_run_and_measurements(tiny_model, tokenizer, examples):
         ref = [peft_model(input_ids=torch.tensor([e["input_ids"]])).logits[0, k - 1].softmax(-1)[eos].item()
                for e, k in zip(examples, ends)]
     assert p == pytest.approx(sum(ref) / len(ref), rel=1e-4)
-    stops = mistakes.stops_by_itself(peft_model, tokenizer, DIALOGUES[:1], max_new_tokens=3)
-    assert len(stops) == 1 and (stops[0] is None or 0 <= stops[0] < 3)
     base = peft_model.unload()
     assert not any("lora_" in n for n, _ in base.named_parameters())
+
+
+@pytest.mark.parametrize("end_at", [0, 2, None])
+def test_stops_by_itself_counts_the_tokens_before_the_end(tiny_model, tokenizer, end_at):
+    """The head is forced to write another token, then the end token at new token ``end_at`` (never: None)."""
+    from utils.generate import stop_token_ids
+
+    stops, calls = stop_token_ids(tiny_model, tokenizer), []
+    other = next(t for t in range(100, 200) if t not in stops)
+
+    def force(module, inputs, logits):                  # one head call per new token (the cache feeds the rest)
+        calls.append(1)
+        forced = torch.full_like(logits, -1e4)
+        forced[..., tokenizer.eos_token_id if len(calls) - 1 == end_at else other] = 1e4
+        return forced
+
+    handle = tiny_model.lm_head.register_forward_hook(force)
+    try:
+        assert mistakes.stops_by_itself(tiny_model, tokenizer, DIALOGUES[:1], max_new_tokens=4) == [end_at]
+    finally:
+        handle.remove()

@@ -106,6 +106,10 @@ def test_gradients_flow_after_an_eval_pass(model_4bit):
     from utils.models import four_bit_gradient_matches
     """The order a course follows: evaluate the base, then train. Gradients through the frozen 4-bit
     matmul must still equal those of the dequantized weight."""
+    import bitsandbytes as bnb
+
+    four_bit = [m for m in model_4bit.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert four_bit and not any(m.support_avx512bf16_for_cpu for m in four_bit)   # the loader's guard, on any CPU
     layer = model_4bit.model.layers[1].self_attn.q_proj
     layer.eval()
     with torch.no_grad():
