@@ -137,7 +137,8 @@ def test_evaluation_is_split_across_processes_and_gathered(two_processes):
     assert len(metrics["peak_memory_mb_per_process"]) == 2
     own = [_report(out, rank)["evaluated"] for rank in (0, 1)]        # what each process generated
     assert [i for o in own for i in o["indices"]] == [0, 1]           # disjoint shares, in order, covering both
-    assert [e["prediction"] for e in metrics["examples"]] == [p for o in own for p in o["predictions"]]   # gathered
+    gathered = [e["prediction"] for e in metrics["examples"]]
+    assert gathered == [p for o in own for p in o["predictions"]] and len(set(gathered)) == 2   # in rank order
     assert "generating (fine-tuned)" in done.stderr and "2/2 [" in done.stderr     # progress bars
 
 

@@ -106,15 +106,26 @@ def test_gradients_flow_after_an_eval_pass(model_4bit):
     from utils.models import four_bit_gradient_matches
     """The order a course follows: evaluate the base, then train. Gradients through the frozen 4-bit
     matmul must still equal those of the dequantized weight."""
-    import bitsandbytes as bnb
-
-    four_bit = [m for m in model_4bit.modules() if isinstance(m, bnb.nn.Linear4bit)]
-    assert four_bit and not any(m.support_avx512bf16_for_cpu for m in four_bit)   # the loader's guard, on any CPU
     layer = model_4bit.model.layers[1].self_attn.q_proj
     layer.eval()
     with torch.no_grad():
         layer(torch.randn(2, layer.in_features))
     assert four_bit_gradient_matches(layer)
+
+
+def test_the_loader_switches_the_repacking_off_on_any_cpu(monkeypatch):
+    """bitsandbytes arms the repacking when it builds a layer on a CPU with AVX512-BF16 (support_avx512bf16_for_cpu =
+    has_avx512bf16()). Simulated on any CPU here: the course's loader must switch it off on every 4-bit layer (on a CPU
+    without AVX512-BF16 the flag starts off, and the gradient check above would pass without the guard)."""
+    import bitsandbytes as bnb
+    import bitsandbytes.nn.modules as bnb_modules
+
+    from utils.models import load_causal_lm_4bit, smollm2_checkpoint
+
+    monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: True)
+    model, _ = load_causal_lm_4bit(smollm2_checkpoint(verbose=False))
+    four_bit = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(four_bit) == 210 and not any(m.support_avx512bf16_for_cpu for m in four_bit)
 
 
 def test_keep_4bit_trainable_undoes_a_cpu_repacking(model_4bit):
@@ -320,3 +331,15 @@ def test_training_stays_on_the_cpu_where_bitsandbytes_keeps_the_4bit_model(monke
     args = training_arguments(sizes, tmp_path, torch.float32)
     assert args.use_cpu and args.device.type == "cpu"
     assert training_arguments(sizes, tmp_path, torch.float32, use_cpu=False).device.type == "mps"   # what it guards
+
+
+def test_the_old_checkpointing_names_are_refused_not_ignored(tmp_path):
+    """transformers 5.23 ignores gradient_checkpointing(_kwargs) beside the activation_checkpointing names the course
+    sets: an override under the old name would silently change nothing, so it is refused with the name to use."""
+    from utils.qlora import training_arguments
+
+    for old in ({"gradient_checkpointing": False}, {"gradient_checkpointing_kwargs": {"use_reentrant": True}}):
+        with pytest.raises(TypeError, match="pass activation_checkpointing"):
+            training_arguments(ONE_EXAMPLE_STEPS, tmp_path, torch.float32, **old)
+    assert not training_arguments(ONE_EXAMPLE_STEPS, tmp_path, torch.float32, activation_checkpointing=False,
+                                  use_cpu=True).activation_checkpointing

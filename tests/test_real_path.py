@@ -134,7 +134,7 @@ def broken_invariants(nb) -> list[str]:
         if cell.cell_type == "code" and "NBVAL_CHECK_OUTPUT" in cell.source:
             text = "".join(o.get("text", "") for o in cell.get("outputs", []))
             for line in text.splitlines():
-                short = EQUALITY.search(line) and any(n != m for n, m in re.findall(r"([\d,]+) of ([\d,]+)", line))
+                short = EQUALITY.search(line) and any(n != m for n, m in re.findall(r"(\d+(?:,\d{3})*) of (\d+(?:,\d{3})*)", line))
                 if (re.search(r":\s*False\b", line) or short) and not QUALITY_CLAIM.search(line):
                     bad.append(f"cell {i}: {line.strip()}")
     return bad
@@ -149,13 +149,14 @@ def test_broken_invariants_reads_every_form_and_none_in_the_committed_notebooks(
         cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="\n".join(lines) + "\n")]
         return nbformat.v4.new_notebook(cells=[cell])
 
-    assert broken_invariants(nb("same codes: False (3 of 4)", "pairs copied: 209 of 210; equal: True",
+    assert broken_invariants(nb("same codes: False (3 of 4)", "pairs copied: 209 of 210, equal: True",
                                 "by hand == rouge-score, exactly: 11 of 12", "merged = unmerged: False")) == [
-        "cell 0: same codes: False (3 of 4)", "cell 0: pairs copied: 209 of 210; equal: True",
+        "cell 0: same codes: False (3 of 4)", "cell 0: pairs copied: 209 of 210, equal: True",
         "cell 0: by hand == rouge-score, exactly: 11 of 12", "cell 0: merged = unmerged: False"]
     assert broken_invariants(nb("trainable: 1,327,104 of 164,364,288", "fits a T4 (15 GB): False / True",
                                 "QLoRA beats the base model on ROUGE-2: False", "same codes: True (884,736 of 884,736)",
-                                "pad token = end token: True", "batches that hold both classes: 39 of 40")) == []
+                                "pad token = end token: True", "batches that hold both classes: 39 of 40",
+                                "LoRA pairs copied: 210 of 210, same classes: True")) == []
     for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
         assert broken_invariants(nbformat.read(path, as_version=4)) == [], path.name
 

@@ -89,6 +89,8 @@ def training_arguments(sizes, output_dir, dtype: torch.dtype, **overrides):
                 # without CUDA, the CPU: on a Mac the Trainer would pick Apple's mps and send the batches there, away
                 # from the 4-bit model bitsandbytes keeps on the CPU (and bf16 on a CPU is refused without it)
                 use_cpu=not torch.cuda.is_available())
+    if old := {"gradient_checkpointing", "gradient_checkpointing_kwargs"} & overrides.keys():   # ignored beside the new
+        raise TypeError(f"{sorted(old)}: pass activation_checkpointing(_kwargs), transformers' names for them")
     args.update(overrides)
     return TrainingArguments(**args)
 
