@@ -22,7 +22,9 @@ def relative_gains(gains, anchors: dict):
     for (_, model, key), row in gains.iterrows():
         base = row["score"] - row["abs. gain (points)"] / 100
         if base > 0 and row["rel. gain (%)"] > 0:
-            ax.scatter(100 * base, row["rel. gain (%)"], color=COLORS.get(model, "k"), marker=MARKERS[key], s=45)
+            color = COLORS.get(model, "k")               # full hollow: it often lands right under lora
+            ax.scatter(100 * base, row["rel. gain (%)"], marker=MARKERS[key], s=45, edgecolors=color,
+                       facecolors="none" if model == "full" else color, linewidths=1.4, zorder=3 if model == "full" else 2)
     for k, (b, m) in anchors.items():
         ax.scatter(b, 100 * (m - b) / b, marker="*", s=160, color="#333333", zorder=3)
         ax.annotate(f"{k} +{m - b:.1f}", (b, 100 * (m - b) / b), xytext=(-9, 0), textcoords="offset points",
@@ -30,7 +32,8 @@ def relative_gains(gains, anchors: dict):
     ax.set(xscale="log", yscale="log", xlim=(0.3, 80), ylim=(1, 5000), xlabel="baseline score (F1 × 100, log scale)",
            ylabel="relative gain (%, log scale)", title="The same absolute gain looks huge on a low baseline")
     ax.legend(handles=[plt.Line2D([], [], ls="", marker=MARKERS[k], color="#555555", label=k) for k in MARKERS if k != "cosine"]
-              + [plt.Line2D([], [], ls="", marker="o", color=COLORS[m], label=m) for m in ("full", "lora", "qlora")]
+              + [plt.Line2D([], [], ls="", marker="o", color=COLORS[m], label=m, mfc="none" if m == "full" else COLORS[m])
+                 for m in ("full", "lora", "qlora")]
               + [plt.Line2D([], [], ls="", marker="*", ms=11, color="#333333",
                             label="reference lab (points gained): Flan-T5-base,\nreal DialogSum, mean over references\n"
                                   "(the curves' shape only: not our scoring)")],
