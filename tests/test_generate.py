@@ -201,3 +201,34 @@ def test_sweep_add_keeps_comparable_runs_only():
     assert record["grid"] == {"full": [1e-4], "lora": [1e-3, 3e-3, 1e-2]} and record["earlier_seconds"] == 60.0
     with pytest.raises(SystemExit, match=r"--add: the earlier sweep has sizes .* not comparable"):
         _kept_runs({**earlier, "sizes": {**sizes, "max_steps": 20}}, dict(record))
+
+
+def test_a_diverging_run_records_its_non_finite_loss(tiny_t5, tmp_path):
+    """Logits that overflow from the third training step on (as T5's do in fp16): the Trainer's default would log a
+    non-finite step as the mean of its logging window (0.0 with a log every step: a perfect loss); train_method's
+    losses must show it as it is."""
+    import math
+
+    import pandas as pd
+
+    from utils.full_vs_lora import SummaryTask, make_model, tokenize, train_method
+    from utils.profiles import SummarySizes
+
+    _, tok = tiny_t5
+    task = SummaryTask("seq2seq", str(tmp_path / "base"), "tiny", tok)
+    tiny_t5[0].save_pretrained(task.name_or_path)
+    frame = pd.DataFrame({"dialogue": [f"#Person1#: Order {i} is late.\n#Person2#: I will check." for i in range(4)],
+                          "summary": [f"#Person2# checks order {i}." for i in range(4)]})
+    sizes = SummarySizes(train=4, eval=2, max_steps=4, batch_size=2, max_source_length=64, max_target_length=16,
+                         max_new_tokens=4, lr_full=1e-3, lr_lora=1e-3)
+    model, calls = make_model(task, "full", 0), []
+
+    def overflow(module, inputs, logits):
+        calls.append(module.training)
+        return logits * float("nan") if module.training and sum(calls) >= 3 else logits
+
+    model.lm_head.register_forward_hook(overflow)
+    run = train_method(task, model, tokenize(task, frame, sizes), tokenize(task, frame, sizes)[:2], sizes, 1e-3,
+                       tmp_path / "full", seed=0, eval_points=1)
+    losses = [loss for _, loss in run["loss"]]
+    assert math.isfinite(losses[0]) and math.isnan(losses[-1]) and 0.0 not in losses, losses

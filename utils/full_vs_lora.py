@@ -146,6 +146,7 @@ def training_arguments(task: SummaryTask, sizes, lr: float, output_dir, seed: in
         eval_steps=max(1, sizes.max_steps // max(1, eval_points)), logging_steps=1, save_strategy="no",
         seed=seed, data_seed=seed, bf16=mp == "bf16", fp16=mp == "fp16", label_names=["labels"],
         report_to="none", disable_tqdm=True, remove_unused_columns=False, dataloader_pin_memory=False,
+        logging_nan_inf_filter=False,     # a diverging step is logged as NaN, not as its window's mean (0.0 here)
         use_cpu=not torch.cuda.is_available())
 
 
