@@ -99,21 +99,27 @@ def test_smollm2_lora_recipe_counts_exactly():
     assert CAUSAL_LORA["r"] == CAUSAL_LORA["lora_alpha"] == 32
 
 
-def test_both_methods_see_the_same_batches_in_the_same_order(tiny_t5, tmp_path):
-    """Full fine-tuning and LoRA, trained through train_method, read identical batches in identical order."""
+def _tiny_summary_task(tiny_t5, tmp_path, n: int, max_steps: int):
+    """The tiny T5 saved as a chapter-2 task, ``n`` tokenized dialogue/summary pairs, and sizes of ``max_steps``."""
     import pandas as pd
 
-    from utils.full_vs_lora import SummaryTask, collator, make_model, tokenize, train_method
+    from utils.full_vs_lora import SummaryTask, tokenize
     from utils.profiles import SummarySizes
 
-    _, tok = tiny_t5
-    task = SummaryTask("seq2seq", str(tmp_path / "base"), "tiny", tok)
+    task = SummaryTask("seq2seq", str(tmp_path / "base"), "tiny", tiny_t5[1])
     tiny_t5[0].save_pretrained(task.name_or_path)
-    frame = pd.DataFrame({"dialogue": [f"#Person1#: Order {i} is late.\n#Person2#: I will check." for i in range(6)],
-                          "summary": [f"#Person2# checks order {i}." for i in range(6)]})
-    sizes = SummarySizes(train=6, eval=2, max_steps=3, batch_size=2, max_source_length=64, max_target_length=16,
+    frame = pd.DataFrame({"dialogue": [f"#Person1#: Order {i} is late.\n#Person2#: I will check." for i in range(n)],
+                          "summary": [f"#Person2# checks order {i}." for i in range(n)]})
+    sizes = SummarySizes(train=n, eval=2, max_steps=max_steps, batch_size=2, max_source_length=64, max_target_length=16,
                          max_new_tokens=4, lr_full=1e-3, lr_lora=1e-2)
-    examples = tokenize(task, frame, sizes)
+    return task, tokenize(task, frame, sizes), sizes
+
+
+def test_both_methods_see_the_same_batches_in_the_same_order(tiny_t5, tmp_path):
+    """Full fine-tuning and LoRA, trained through train_method, read identical batches in identical order."""
+    from utils.full_vs_lora import collator, make_model, train_method
+
+    task, examples, sizes = _tiny_summary_task(tiny_t5, tmp_path, 6, 3)
     seen = {}
     for method in ("full", "lora"):
         calls = []
@@ -209,18 +215,9 @@ def test_a_diverging_run_records_its_non_finite_loss(tiny_t5, tmp_path):
     losses must show it as it is."""
     import math
 
-    import pandas as pd
+    from utils.full_vs_lora import make_model, train_method
 
-    from utils.full_vs_lora import SummaryTask, make_model, tokenize, train_method
-    from utils.profiles import SummarySizes
-
-    _, tok = tiny_t5
-    task = SummaryTask("seq2seq", str(tmp_path / "base"), "tiny", tok)
-    tiny_t5[0].save_pretrained(task.name_or_path)
-    frame = pd.DataFrame({"dialogue": [f"#Person1#: Order {i} is late.\n#Person2#: I will check." for i in range(4)],
-                          "summary": [f"#Person2# checks order {i}." for i in range(4)]})
-    sizes = SummarySizes(train=4, eval=2, max_steps=4, batch_size=2, max_source_length=64, max_target_length=16,
-                         max_new_tokens=4, lr_full=1e-3, lr_lora=1e-3)
+    task, examples, sizes = _tiny_summary_task(tiny_t5, tmp_path, 4, 4)
     model, calls = make_model(task, "full", 0), []
 
     def overflow(module, inputs, logits):
@@ -228,7 +225,6 @@ def test_a_diverging_run_records_its_non_finite_loss(tiny_t5, tmp_path):
         return logits * float("nan") if module.training and sum(calls) >= 3 else logits
 
     model.lm_head.register_forward_hook(overflow)
-    run = train_method(task, model, tokenize(task, frame, sizes), tokenize(task, frame, sizes)[:2], sizes, 1e-3,
-                       tmp_path / "full", seed=0, eval_points=1)
+    run = train_method(task, model, examples, examples[:2], sizes, 1e-3, tmp_path / "full", seed=0, eval_points=1)
     losses = [loss for _, loss in run["loss"]]
     assert math.isfinite(losses[0]) and math.isnan(losses[-1]) and 0.0 not in losses, losses
