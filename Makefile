@@ -19,7 +19,7 @@ $(STAMP): requirements.txt
 
 install: $(STAMP)
 
-## Run every notebook in course order on the default profile, refreshing outputs, img/, results/ and README's figures.
+## Run every notebook in course order (the smoke profile unless COURSE_PROFILE names another), refreshing outputs, img/, results/ and README's figures.
 course: install
 	$(PY) -m tools.runner execute $(NOTEBOOKS)
 	$(PY) -m tools.readme
@@ -35,6 +35,11 @@ test: install
 ## without AVX-512 (checked cells must hold there too), on a machine that has it. As long as the nbval part of `make test`.
 test-avx2: install
 	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 $(PY) -m tools.runner nbval $(NOTEBOOKS)
+
+## The committed results are the offline (smoke) profile's, even on a machine that reaches the hub: the experiments
+## run it unless COURSE_PROFILE names another, the unit tests always (make course and make test: tools/runner.py).
+experiments-lr experiments-ablation: export COURSE_PROFILE ?= smoke
+test-fast: export COURSE_PROFILE := smoke
 
 ## Chapter 2's learning-rate sweep (full fine-tuning at 3 rates, LoRA at 4) into results/lr_sweep.json.
 experiments-lr: install

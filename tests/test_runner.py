@@ -156,3 +156,28 @@ def test_reads_names_notebooks_that_exist():
 
     prefixes = {p.name[:2] for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")}
     assert set(READS) | {d for deps in READS.values() for d in deps} <= prefixes
+
+
+@pytest.mark.parametrize("asked", ["", "laptop", "colab"])
+def test_make_test_runs_the_committed_profile_and_make_course_the_one_asked(monkeypatch, capsys, asked):
+    """On a machine that reaches the hub the automatic profile is laptop or colab, while the committed outputs are
+    smoke's: every job of `make test` runs smoke (nbval compares with those outputs; the real-path runs set their
+    own), whatever COURSE_PROFILE says, and says so when it ignores it. `make course` runs smoke unless asked."""
+    monkeypatch.setenv("COURSE_PROFILE", asked)
+    monkeypatch.setenv("COURSE_TEST_JOBS", "1")
+    seen = {}
+
+    def schedule(jobs, *args, **kwargs):
+        seen.update({job["name"]: job["env"]["COURSE_PROFILE"] for job in jobs})
+        return [(job["name"], "passed", 1.0, 100.0) for job in jobs]
+
+    monkeypatch.setattr(runner, "_schedule", schedule)
+    notebook = runner.ROOT / "notebooks" / "04_rouge_analysis.ipynb"
+    assert runner.main(["test", str(notebook)]) == 0
+    assert seen == {"unit tests": "smoke", "real-path tests": "smoke", notebook.name: "smoke"}
+    assert ("is ignored" in capsys.readouterr().out) == (asked not in ("", "smoke"))
+
+    calls = []
+    monkeypatch.setattr(runner, "_call", lambda cmd, cwd, env=None, log=None: (calls.append(env), (0, 100.0))[1])
+    assert runner.main(["execute", str(notebook)]) == 0
+    assert calls[0]["COURSE_PROFILE"] == (asked or "smoke")

@@ -36,6 +36,9 @@ from utils.profiles import cpu_model
 
 # Notebooks that read what others wrote: 04 analyses the predictions 02 and 03 save in results/.
 READS = {"04": ("02", "03")}
+# The profile of the committed outputs. make test runs it whatever the machine reaches (nbval compares with them);
+# make course too, unless COURSE_PROFILE names another (COURSE_PROFILE=colab make course on a GPU machine).
+COMMITTED_PROFILE = "smoke"
 
 
 def _profile_of(root: Path, nb: Path) -> str:
@@ -193,6 +196,12 @@ def main(argv: list[str]) -> int:
     tmp = tempfile.TemporaryDirectory(prefix="course-nbval-") if mode != "execute" else None
     root = copy_course(Path(tmp.name)) if tmp else ROOT
     env = {**os.environ, "PYTHONPATH": str(root), "COURSE_CACHE_DIR": str(CACHE_DIR)}
+    asked = env.get("COURSE_PROFILE", "").strip()
+    if mode != "execute" and asked not in ("", COMMITTED_PROFILE):
+        print(f"COURSE_PROFILE={asked} is ignored: nbval compares with the committed outputs, the "
+              f"{COMMITTED_PROFILE} profile's", flush=True)
+    env["COURSE_PROFILE"] = asked if mode == "execute" and asked else COMMITTED_PROFILE   # colab make course: asked
+    unit_env = {**os.environ, "COURSE_PROFILE": COMMITTED_PROFILE}     # the real-path runs set their own
     rows, start = [], time.perf_counter()
     try:
         if mode == "execute":
@@ -212,10 +221,10 @@ def main(argv: list[str]) -> int:
                                cwd=ROOT, check=True)
             pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
             jobs = [] if mode == "nbval" else [      # the unit tests read the working tree, as before
-                dict(name="unit tests", cmd=pytest + ["-m", "not realpath", "tests"], cwd=ROOT, env=dict(os.environ),
+                dict(name="unit tests", cmd=pytest + ["-m", "not realpath", "tests"], cwd=ROOT, env=unit_env,
                      after=[]),
                 dict(name="real-path tests", cmd=pytest + ["-m", "realpath", "tests"], cwd=ROOT,
-                     env=dict(os.environ), after=[])]
+                     env=unit_env, after=[])]
             names = {nb.name[:2]: nb.name for nb in notebooks}
             jobs += [dict(name=nb.name, cwd=root, env=env, after=[names[k] for k in READS.get(nb.name[:2], ())
                                                                   if k in names],
