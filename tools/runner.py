@@ -36,8 +36,9 @@ from utils.profiles import cpu_model
 
 # Notebooks that read what others wrote: 04 analyses the predictions 02 and 03 save in results/.
 READS = {"04": ("02", "03")}
-# The profile of the committed outputs. make test runs it whatever the machine reaches (nbval compares with them);
-# make course too, unless COURSE_PROFILE names another (COURSE_PROFILE=colab make course on a GPU machine).
+# The profile of the committed outputs, a CPU profile. make test runs it whatever the machine reaches (nbval compares
+# with them), on the CPU even where a GPU is visible; make course too, unless COURSE_PROFILE names another
+# (COURSE_PROFILE=colab make course on a GPU machine).
 COMMITTED_PROFILE = "smoke"
 
 
@@ -201,6 +202,8 @@ def main(argv: list[str]) -> int:
         print(f"COURSE_PROFILE={asked} is ignored: nbval compares with the committed outputs, the "
               f"{COMMITTED_PROFILE} profile's", flush=True)
     env["COURSE_PROFILE"] = asked if mode == "execute" and asked else COMMITTED_PROFILE   # colab make course: asked
+    if env["COURSE_PROFILE"] == COMMITTED_PROFILE:     # a CPU profile: its outputs are a CPU's, even beside a GPU
+        env["CUDA_VISIBLE_DEVICES"] = ""
     unit_env = {**os.environ, "COURSE_PROFILE": COMMITTED_PROFILE}     # the real-path runs set their own
     rows, start = [], time.perf_counter()
     try:
