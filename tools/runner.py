@@ -204,7 +204,8 @@ def main(argv: list[str]) -> int:
     env["COURSE_PROFILE"] = asked if mode == "execute" and asked else COMMITTED_PROFILE   # colab make course: asked
     if env["COURSE_PROFILE"] == COMMITTED_PROFILE:     # a CPU profile: its outputs are a CPU's, even beside a GPU
         env["CUDA_VISIBLE_DEVICES"] = ""
-    unit_env = {**os.environ, "COURSE_PROFILE": COMMITTED_PROFILE}     # the real-path runs set their own
+    # the real-path runs set their own profile; all of make test runs on the CPU, where it was built and checked
+    unit_env = {**os.environ, "COURSE_PROFILE": COMMITTED_PROFILE, "CUDA_VISIBLE_DEVICES": ""}
     rows, start = [], time.perf_counter()
     try:
         if mode == "execute":
