@@ -159,7 +159,7 @@ SCRIPT_REMEDY = ("run the same command again with --set resume=false",
 def _callbacks(plan: Plan):
     from transformers import TrainerCallback
 
-    from utils.qlora import check_finite_loss
+    from utils.qlora import stop_on_non_finite_loss
 
     cfg = plan.cfg
 
@@ -194,13 +194,7 @@ def _callbacks(plan: Plan):
             if st.global_step >= cfg.stop_after_steps:
                 self._die(st)
 
-    class StopOnNonFiniteLoss(TrainerCallback):
-        """Stops at the first NaN or infinite logged loss, with what to change (utils.qlora.check_finite_loss)."""
-
-        def on_log(self, args, st, control, logs=None, **kw):
-            check_finite_loss(logs, st.global_step, args, SCRIPT_REMEDY)
-
-    out = [StopOnNonFiniteLoss()]
+    out = [stop_on_non_finite_loss(SCRIPT_REMEDY)]
     fingerprints = Fingerprints() if cfg.report and not _fsdp_enabled() else None
     if fingerprints:
         out.append(fingerprints)
@@ -225,10 +219,11 @@ def _generate(model, tok, dialogues: list[str], plan: Plan, state, what: str) ->
                       unit="batch"):
             preds += generate_summaries(model, tok, [dialogues[k] for k in mine[i:i + b]], plan.sizes.max_new_tokens,
                                         batch_size=b)
-    return gather_object(preds), {"indices": list(mine), "predictions": preds}
+    return gather_object(preds), {"indices": mine, "predictions": preds}
 
 
-def evaluate(model, tok, eval_df, plan: Plan, state) -> dict:
+def evaluate(model, tok, eval_df, plan: Plan, state) -> tuple[dict, dict]:
+    """The metrics (ROUGE of the gathered predictions), and this process's own share (for the report)."""
     from utils.metrics import rouge
 
     dialogues = list(eval_df["dialogue"])
@@ -240,7 +235,7 @@ def evaluate(model, tok, eval_df, plan: Plan, state) -> dict:
             base, _ = _generate(model, tok, dialogues, plan, state, "base")
         scores["base"] = rouge(base, eval_df["references"])
     return {"rouge": scores, "n_eval": len(preds), "examples": [        # len(preds): after the gather
-        {"id": i, "prediction": p} for i, p in zip(eval_df["id"][:3], preds[:3])], "this_process": own}
+        {"id": i, "prediction": p} for i, p in zip(eval_df["id"][:3], preds[:3])]}, own
 
 
 def _write_json(path: Path, payload: dict, rounded: bool = True) -> None:
@@ -345,8 +340,7 @@ def build_trainer(plan: Plan, model, tok, examples: list[dict], fsdp: bool):
     cfg = plan.cfg
     overrides = dict(disable_tqdm=False, logging_steps=cfg.logging_steps, seed=cfg.seed, data_seed=cfg.seed,
                      activation_checkpointing=cfg.gradient_checkpointing, save_total_limit=cfg.save_total_limit,
-                     save_strategy="steps" if cfg.save_steps else "epoch", ddp_find_unused_parameters=False,
-                     use_cpu=not torch.cuda.is_available())    # on CPUs: several processes talk over gloo
+                     save_strategy="steps" if cfg.save_steps else "epoch", ddp_find_unused_parameters=False)
     if cfg.save_steps:
         overrides["save_steps"] = cfg.save_steps
     if cfg.max_steps:
@@ -399,8 +393,7 @@ def run(plan: Plan) -> dict:
     if cfg.eval_only:
         from peft import PeftModel
 
-        metrics = evaluate(PeftModel.from_pretrained(model, str(plan.adapter_dir)), tok, data.eval_df, plan, state)
-        metrics.pop("this_process")
+        metrics, _ = evaluate(PeftModel.from_pretrained(model, str(plan.adapter_dir)), tok, data.eval_df, plan, state)
         if state.is_main_process:
             _write_json(plan.output_dir / "eval_metrics.json", metrics)
             _print_scores(metrics)
@@ -443,8 +436,8 @@ def run(plan: Plan) -> dict:
                "peak_memory_mb_per_process": gather_list([round(peak.peak_mb)])}
     evaluated = {}                                        # this process's share of the evaluation (for the report)
     if cfg.evaluate and not trainer.is_fsdp_enabled:
-        metrics.update(evaluate(trainer.model, tok, data.eval_df, plan, state))
-        evaluated = metrics.pop("this_process")
+        scores, evaluated = evaluate(trainer.model, tok, data.eval_df, plan, state)
+        metrics.update(scores)
     elif cfg.evaluate:
         say("evaluation   : skipped under FSDP (the weights are sharded); score the saved adapter on one GPU "
             "with the same config and --set eval_only=true")

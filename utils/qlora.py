@@ -86,8 +86,8 @@ def training_arguments(sizes, output_dir, dtype: torch.dtype, **overrides):
                 report_to="none", disable_tqdm=True, seed=42, data_seed=42, remove_unused_columns=False,
                 fp16=dtype == torch.float16, bf16=dtype == torch.bfloat16, dataloader_pin_memory=False,
                 logging_nan_inf_filter=False,     # log a NaN loss as it is (loss_printer stops on it), not the mean
-                # without CUDA, the CPU: on a Mac the Trainer would pick Apple's mps and send the batches there, away
-                # from the 4-bit model bitsandbytes keeps on the CPU (and bf16 on a CPU is refused without it)
+                # without CUDA, the CPU (the script's processes then talk over gloo): on a Mac the Trainer would pick
+                # Apple's mps, away from the 4-bit model bitsandbytes keeps on the CPU (and bf16 on a CPU needs it)
                 use_cpu=not torch.cuda.is_available())
     if old := {"gradient_checkpointing", "gradient_checkpointing_kwargs"} & overrides.keys():   # ignored beside the new
         raise TypeError(f"{sorted(old)}: pass activation_checkpointing(_kwargs), transformers' names for them")
@@ -125,6 +125,17 @@ def check_finite_loss(logs: dict | None, step: int, args, remedy: tuple[str, str
             f"model's activations can overflow (T5 and some Qwen models do), and then no step trains (the loss scaler "
             f"skips each one): set COURSE_MIXED_PRECISION=no (fp32: slower, more memory) and {remedy[0]}. In fp32 or "
             f"bf16 the weights are poisoned: {remedy[1]}.")
+
+
+def stop_on_non_finite_loss(remedy: tuple[str, str] = NOTEBOOK_REMEDY):
+    """A Trainer callback that stops at the first NaN or infinite logged loss (:func:`check_finite_loss`)."""
+    from transformers import TrainerCallback
+
+    class StopOnNonFiniteLoss(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            check_finite_loss(logs, state.global_step, args, remedy)
+
+    return StopOnNonFiniteLoss()
 
 
 def loss_printer(every: int = 5):

@@ -143,9 +143,12 @@ def _clean(obj):
     return obj
 
 
+def _results_text(results: dict) -> str:
+    return json.dumps(_clean(results), indent=2, ensure_ascii=False) + "\n"
+
+
 def save_results(stem: str, results: dict) -> Path:
-    path = RESULTS_DIR / f"{stem}.json"
-    return atomic_write_text(path, json.dumps(_clean(results), indent=2, ensure_ascii=False) + "\n")
+    return atomic_write_text(RESULTS_DIR / f"{stem}.json", _results_text(results))
 
 
 def load_results(stem: str, folder: os.PathLike | str | None = None) -> dict:
@@ -215,9 +218,8 @@ def save_run(run, predictions: dict[str, pd.DataFrame], **results) -> dict:
     print(f"{n} predictions of {list(predictions)} written to results/{path.name} (run {run.run_id})")
     extra = predictions_dir()
     if extra is not None and extra[0].resolve() != RESULTS_DIR.resolve():
-        results_file = f"{run.stem}.json"
-        atomic_write_text(extra[0] / results_file, (RESULTS_DIR / results_file).read_text(encoding="utf-8"))
-        atomic_write_text(extra[0] / path.name, text)          # the predictions, still in memory
+        atomic_write_text(extra[0] / f"{run.stem}.json", _results_text(payload))     # both still in memory
+        atomic_write_text(extra[0] / path.name, text)
         print(f"and copied to {show(extra[0])} ({PREDICTIONS_DIR_ENV}), where notebook 04 reads them")
     return payload
 
