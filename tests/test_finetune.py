@@ -274,25 +274,17 @@ def test_the_script_stops_at_the_first_nan_loss_with_what_to_change(tmp_path, mo
     training stops at that step with the script's advice (no checkpoint written after it), instead of going on."""
     import types
 
+    from overflow_stand_in import OverflowsAtStep3
+
     from scripts.finetune import build_trainer
     from utils.qlora import NonFiniteLossError
-
-    class Overflows(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w, self.calls = torch.nn.Parameter(torch.ones(1)), 0
-
-        def forward(self, input_ids, attention_mask=None, labels=None):
-            self.calls += 1
-            loss = ((self.w * input_ids.float() - labels.float()) ** 2).mean()
-            return {"loss": loss * float("nan") if self.calls >= 3 else loss}
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     plan = make_plan(load_config(SMOKE, ["batch_size=1", "global_batch_size=1", "gradient_checkpointing=false",
                                          "save_steps=1", "epochs=1", f"output_dir={tmp_path}"]), world_size=1)
     examples = [{"id": f"train_{i}", "input_ids": [1], "attention_mask": [1], "labels": [2]} for i in range(6)]
     tok = types.SimpleNamespace(pad_token_id=0, save_pretrained=lambda *a, **k: None)
-    trainer, _, _ = build_trainer(plan, Overflows(), tok, examples, fsdp=False)
+    trainer, _, _ = build_trainer(plan, OverflowsAtStep3(), tok, examples, fsdp=False)
     with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 3 \(fp32\).*lower lr in the config.*resume=false"):
         trainer.train()
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]

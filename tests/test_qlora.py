@@ -295,22 +295,14 @@ def test_training_stops_at_the_first_nan_loss_with_what_to_change(tmp_path, caps
     it is, and loss_printer stops training there with the advice; steps 1 and 2 were printed normally."""
     from transformers import Trainer
 
+    from overflow_stand_in import OverflowsAtStep3
+
     from utils.qlora import NonFiniteLossError, loss_printer, training_arguments
-
-    class Overflows(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w, self.calls = torch.nn.Parameter(torch.ones(1)), 0
-
-        def forward(self, x, labels=None):
-            self.calls += 1
-            loss = ((self.w * x - labels) ** 2).mean()
-            return {"loss": loss * float("nan") if self.calls >= 3 else loss}
 
     sizes = ONE_EXAMPLE_STEPS
     args = training_arguments(sizes, tmp_path, torch.float32, activation_checkpointing=False, use_cpu=True)
-    data = [{"x": torch.tensor([1.0]), "labels": torch.tensor([2.0])} for _ in range(6)]
-    trainer = Trainer(model=Overflows(), args=args, train_dataset=data, callbacks=[loss_printer(every=1)])
+    data = [{"input_ids": torch.tensor([1.0]), "labels": torch.tensor([2.0])} for _ in range(6)]
+    trainer = Trainer(model=OverflowsAtStep3(), args=args, train_dataset=data, callbacks=[loss_printer(every=1)])
     with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 3 \(fp32\).*COURSE_OVERRIDE=qlora.lr"):
         trainer.train()
     printed = capsys.readouterr().out
