@@ -266,6 +266,40 @@ def test_a_run_is_copied_where_predictions_dir_points_and_read_back_from_there(r
     assert load_run("03_x")[0]["run_id"] == "03-B" and load_run("03_x", drive)[0]["run_id"] == "03-A"
 
 
+def test_a_drive_folder_without_drive_mounted_is_refused_before_anything_runs(results_dir, monkeypatch, tmp_path):
+    """On Colab, COURSE_PREDICTIONS_DIR under /content/drive while Drive is not mounted: the copy would go to the
+    VM's own disk and vanish with it (and block a later mount). utils.start() refuses it at the notebook's start;
+    save_run refuses it after writing results/, which keeps this run; once mounted, both go on."""
+    import os
+
+    import utils
+    import utils.results as results
+
+    monkeypatch.setenv("COURSE_PREDICTIONS_DIR", "/content/drive/MyDrive/lora-course-runs")
+    mounted = {"/content/drive": False}
+    monkeypatch.setattr(os.path, "ismount", lambda p: mounted.get(str(p), False))
+    with pytest.raises(ResultsError, match=r"'/content/drive/MyDrive/lora-course-runs' is on Google Drive, but "
+                                           r"Drive is not mounted.*drive\.mount\(\"/content/drive\"\)"):
+        utils.start("99_test", profile="smoke")
+    with pytest.raises(ResultsError, match="not mounted"):
+        save_run(FakeRun("03_x", "03-A"), {"base": _frame(3)}, rouge=0.5)
+    assert load_run("03_x")[0]["run_id"] == "03-A"                     # results/ holds the run all the same
+    mounted["/content/drive"] = True
+    monkeypatch.setattr(results, "COLAB_DRIVE", str(tmp_path))          # "mounted": a folder this test may write
+    monkeypatch.setenv("COURSE_PREDICTIONS_DIR", str(tmp_path / "MyDrive" / "runs"))
+    mounted[str(tmp_path)] = True
+    assert isinstance(utils.start("99_test", profile="smoke"), utils.Run)
+    save_run(FakeRun("03_x", "03-B"), {"base": _frame(3)}, rouge=0.5)
+    assert load_run("03_x", tmp_path / "MyDrive" / "runs")[0]["run_id"] == "03-B"
+
+
+def test_a_missing_file_in_the_predictions_folder_says_how_it_gets_there(tmp_path):
+    """Notebook 04 pointed at a Drive folder where 02 copied its files but 03 never ran with the variable set."""
+    with pytest.raises(FileNotFoundError, match=r"03_x\.json is missing: run notebooks/03_x\.ipynb first, to the "
+                                                r"end, with COURSE_PREDICTIONS_DIR naming this folder"):
+        load_run("03_x", tmp_path)
+
+
 def test_run_id_of_utils_run_is_saved(results_dir, monkeypatch):
     import utils
 

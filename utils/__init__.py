@@ -105,12 +105,16 @@ def _versions(*names):
 
 def start(stem: str, profile: str | None = None) -> Run:
     """Resolve the profile (COURSE_PROFILE, COURSE_OVERRIDE), stop a GPU profile on a machine without a GPU
-    (unless COURSE_ALLOW_CPU=1), seed every generator and start the clock."""
-    from .models import check_gpu_for
+    (unless COURSE_ALLOW_CPU=1), a machine where peft cannot inject LoRA (an old torchao) and a COURSE_PREDICTIONS_DIR
+    on an unmounted Google Drive; seed every generator and start the clock."""
+    from .models import check_gpu_for, check_peft_can_inject
     from .plotting import setup_style
+    from .results import predictions_dir
 
     chosen = get_profile(profile)
     check_gpu_for(chosen)
+    check_peft_can_inject()
+    predictions_dir()                   # a COURSE_PREDICTIONS_DIR on an unmounted Drive: refused now, not after training
     seed_everything()
     setup_style()
     return Run(stem, chosen)

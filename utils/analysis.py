@@ -378,7 +378,7 @@ def predictions_folder(env=None):
     if not folder.is_dir():
         raise FileNotFoundError(f"{PREDICTIONS_DIR_ENV}={value!r}: no such folder ({folder}). Point it at the folder "
                                 f"where notebooks 02 and 03 copied their results (they do when the same variable is "
-                                f"set while they run; on Colab: mount Drive, e.g. /content/drive/MyDrive/course-results), "
+                                f"set while they run; on Colab: mount Drive, e.g. /content/drive/MyDrive/lora-course-runs), "
                                 f"or unset it to read the course's results/.")
     return folder, True
 

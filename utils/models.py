@@ -197,6 +197,21 @@ def check_gpu_for(profile: Profile) -> None:
         f"{profile.name!r} on this CPU anyway (hours).")
 
 
+def check_peft_can_inject() -> None:
+    """peft (0.19 on) raises an ImportError at every LoRA injection while a torchao older than 0.16 is installed
+    (Colab ships 0.10; the course never uses torchao). ``utils.start()`` asks peft's own check first, so that a
+    notebook stops at its start with what to do, not in the middle of a chapter. On Colab the setup cell removes
+    such a torchao before this runs."""
+    from peft.import_utils import is_torchao_available
+
+    try:
+        is_torchao_available()
+    except ImportError as e:
+        raise ImportError(f"{e}: peft refuses every LoRA while it is installed, and the course never uses torchao. "
+                          f"Remove it (`pip uninstall -y torchao`; in a notebook, `%pip uninstall -y torchao`), "
+                          f"restart the kernel (Colab: Runtime > Restart session), then run the notebook again.") from None
+
+
 # ----------------------------------------------------------------------------- 4-bit loading
 
 MIXED_PRECISION = ("auto", "fp16", "bf16", "no")

@@ -151,11 +151,19 @@ def save_results(stem: str, results: dict) -> Path:
     return atomic_write_text(RESULTS_DIR / f"{stem}.json", _results_text(results))
 
 
+def _where_to(folder) -> str:
+    """For a missing file in a folder other than results/: how the notebook's run gets its files there."""
+    if not folder or Path(folder).resolve() == RESULTS_DIR.resolve():
+        return ""
+    return (f", to the end, with {PREDICTIONS_DIR_ENV} naming this folder (its last cell copies its files there; "
+            f"on Colab, set it in that notebook too), or unset {PREDICTIONS_DIR_ENV} to read the course's results/")
+
+
 def load_results(stem: str, folder: os.PathLike | str | None = None) -> dict:
     """``folder``: where to read (default ``results/``), e.g. a student's own runs copied to Google Drive."""
     path = (Path(folder) if folder else RESULTS_DIR) / f"{stem}.json"
     if not path.exists():
-        raise FileNotFoundError(f"{show(path)} is missing: run notebooks/{stem}.ipynb first.")
+        raise FileNotFoundError(f"{show(path)} is missing: run notebooks/{stem}.ipynb first{_where_to(folder)}.")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -184,13 +192,15 @@ def _prediction_text(frames: dict[str, pd.DataFrame], run_id: str | None) -> tup
 
 
 PREDICTIONS_DIR_ENV = "COURSE_PREDICTIONS_DIR"
+COLAB_DRIVE = "/content/drive"      # where Colab mounts Google Drive (google.colab.drive.mount)
 
 
 def predictions_dir(env=None) -> tuple[Path, str] | None:
     """The folder ``$COURSE_PREDICTIONS_DIR`` names (relative paths from the course root) and the value as given,
     or None when it is unset. Notebooks 02 and 03 copy their results there, notebook 04 reads them from there: on
     Colab, where each notebook gets a fresh VM, a folder on a mounted Google Drive carries them from one to the
-    next."""
+    next. A folder under /content/drive while Drive is not mounted there is refused (``utils.start()`` checks it
+    first): writing would create it on the VM's disk, whose files go with the VM."""
     from .paths import ROOT
 
     env = os.environ if env is None else env
@@ -198,6 +208,11 @@ def predictions_dir(env=None) -> tuple[Path, str] | None:
     if not value:
         return None
     folder = Path(value).expanduser()
+    if folder.is_relative_to(COLAB_DRIVE) and not os.path.ismount(COLAB_DRIVE):
+        raise ResultsError(f"{PREDICTIONS_DIR_ENV}={value!r} is on Google Drive, but Drive is not mounted: the files "
+                           f"would land on this VM's own disk and vanish with it. Mount it first, "
+                           f"`from google.colab import drive; drive.mount(\"{COLAB_DRIVE}\")`, then run this cell again "
+                           f"(what this notebook wrote to results/ is still there).")
     return (folder if folder.is_absolute() else ROOT / folder), value
 
 
@@ -228,7 +243,7 @@ def load_predictions(stem: str, folder: os.PathLike | str | None = None) -> pd.D
     """The predictions file of a notebook, every line checked (a damaged line names the file and line)."""
     path = (Path(folder) if folder else RESULTS_DIR) / f"{stem}.predictions.jsonl"
     if not path.exists():
-        raise FileNotFoundError(f"{show(path)} is missing: run notebooks/{stem}.ipynb first "
+        raise FileNotFoundError(f"{show(path)} is missing: run notebooks/{stem}.ipynb first{_where_to(folder)} "
                                 f"(it writes every model's predictions there).")
     redo = f"Re-run notebooks/{stem}.ipynb to write it again."
     try:
