@@ -175,6 +175,9 @@ def test_mixed_precision_errors():
         models.mixed_precision({"COURSE_MIXED_PRECISION": "fp32"}, cuda=False)
     with pytest.raises(ValueError, match="fp16 needs a CUDA GPU.*COURSE_MIXED_PRECISION=bf16"):
         models.mixed_precision({"COURSE_MIXED_PRECISION": "fp16"}, cuda=False)
+    with pytest.raises(ValueError, match=r"bf16 on a GPU of compute capability 7\.5.*no native bf16.*=fp16"):
+        models.mixed_precision({"COURSE_MIXED_PRECISION": "bf16"}, cuda=True, capability=(7, 5))    # a T4
+    assert models.mixed_precision({"COURSE_MIXED_PRECISION": "bf16"}, cuda=True, capability=(8, 9)) == "bf16"  # L4
 
 
 def test_compute_dtype_follows_mixed_precision(monkeypatch):

@@ -222,19 +222,22 @@ def mixed_precision(env: dict | None = None, cuda: bool | None = None, capabilit
     auto: bf16 where the GPU has it natively (compute capability >= 8: A100, L4, H100), fp16 on older GPUs (the T4
     is 7.5; `torch.cuda.is_bf16_supported()` can say yes there and emulate it slowly), no on a CPU (bf16 matmuls
     without native support are several times slower). bf16 on a CPU is allowed when asked: it stands in for a T4's
-    fp16 (the same autocast wrapper, the same 16-bit base) where no GPU is at hand. The arguments let tests
-    simulate any machine."""
+    fp16 (the same autocast wrapper, the same 16-bit base) where no GPU is at hand; on a GPU without native bf16 it
+    is refused (Accelerate would accept it and torch emulate it). The arguments let tests simulate any machine."""
     env = os.environ if env is None else env
     asked = env.get("COURSE_MIXED_PRECISION", "").strip().lower() or "auto"
     if asked not in MIXED_PRECISION:
         raise ValueError(f"COURSE_MIXED_PRECISION={asked!r} is not one of {', '.join(MIXED_PRECISION)} "
                          f"(auto: fp16 on a T4, bf16 on newer GPUs, no on a CPU).")
     cuda = torch.cuda.is_available() if cuda is None else cuda
-    if asked == "auto":
-        if not cuda:
-            return "no"
+    if cuda and asked in ("auto", "bf16"):
         capability = capability or torch.cuda.get_device_capability(0)
-        return "bf16" if capability[0] >= 8 else "fp16"
+    if asked == "auto":
+        return "bf16" if cuda and capability[0] >= 8 else "fp16" if cuda else "no"
+    if asked == "bf16" and cuda and capability[0] < 8:      # Accelerate's own check asks is_bf16_supported(): yes
+        raise ValueError(f"COURSE_MIXED_PRECISION=bf16 on a GPU of compute capability {capability[0]}.{capability[1]} "
+                         f"(a T4 is 7.5): it has no native bf16, and torch would emulate it, several times slower. "
+                         f"Use COURSE_MIXED_PRECISION=fp16 (or auto, which picks it), or no (fp32).")
     if asked == "fp16" and not cuda:
         raise ValueError("COURSE_MIXED_PRECISION=fp16 needs a CUDA GPU: on a CPU, Accelerate ignores fp16 (no "
                          "autocast, no loss scaling). Use COURSE_MIXED_PRECISION=bf16 to stand in for a T4's fp16, or no.")
@@ -325,7 +328,30 @@ def load_causal_lm_4bit(name_or_path: str | os.PathLike, token: str | None = Non
     tok = AutoTokenizer.from_pretrained(name_or_path, token=token)
     if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
         tok.pad_token = tok.eos_token if tok.pad_token is None else tok.pad_token
+    if dtype == torch.float16:
+        check_fp16_forward(model, tok, llm_display_name(str(name_or_path)))
     return model, tok
+
+
+FP16_PROBE = "#Person1#: Hello, I'd like to book a table for two tonight.\n#Person2#: Of course, at what time?"
+
+
+def check_fp16_forward(model, tokenizer, name: str) -> None:
+    """In fp16 (a T4) some models' activations overflow fp16's range (T5 does; models trained in bf16, such as some
+    Qwen models, are reported to): the logits turn inf or NaN, and greedy generation writes garbage without an
+    error. One forward on a short dialogue, before any evaluation or training: stop, with what to do, when a logit
+    is not finite."""
+    enc = tokenizer(FP16_PROBE, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(input_ids=enc["input_ids"].to(model.device),
+                       attention_mask=enc["attention_mask"].to(model.device)).logits
+    bad = (~torch.isfinite(logits)).sum().item()
+    if bad:
+        raise FloatingPointError(
+            f"{name} overflows in fp16 on this GPU: {bad:,} of {logits.numel():,} logits of a short dialogue are inf or "
+            f"NaN, so its summaries would be garbage. Set COURSE_MIXED_PRECISION=no (the 4-bit matmuls in fp32: slower, "
+            f"a little more memory; in a notebook, add a cell `import os; os.environ[\"COURSE_MIXED_PRECISION\"] = \"no\"`, "
+            f"run it, then re-run from section 1 down; in a shell, export it), or use another model (COURSE_LLM).")
 
 
 def llm_name_or_path(profile: Profile) -> str:
