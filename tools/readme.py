@@ -99,7 +99,7 @@ def _measurement(m: dict) -> str:
     if m.get("peak_rss_mb_of_one_job"):
         details.append(f"peak RSS of one job at most {m['peak_rss_mb_of_one_job']:,} MB")
     if m.get("unit_tests_passed"):
-        details.append(f"{m['unit_tests_passed']} unit tests passed")
+        details.append(f"{m['unit_tests_passed']} tests passed in the two unit-test jobs (the real-path runs included)")
     if m.get("note"):
         details.append(m["note"])
     return text + (": " + "; ".join(details) if details else "")
