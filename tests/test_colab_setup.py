@@ -436,3 +436,57 @@ def test_nothing_in_the_colab_requirements_asks_for_a_newer_torch():
                 assert req.specifier.contains(COLAB_TORCH_FLOOR, prereleases=True), \
                     f"{pkg} requires {req}: it would replace a Colab torch {COLAB_TORCH_FLOOR}"
     assert {"peft", "bitsandbytes", "accelerate"} <= {canonicalize_name(p) for p in checked}, checked
+
+
+COLAB_PYTHON = Version("3.13.5")    # Colab's Python (googlecolab/backend-info, 2026-08: 3.13); the venv here is 3.11
+
+
+def test_every_colab_requirement_runs_on_colabs_python():
+    """What the setup cell installs, as installed here: each package's Requires-Python admits Colab's Python."""
+    from packaging.specifiers import SpecifierSet
+
+    checked = {}
+    for name in [*_requirements(COLAB_REQUIREMENTS), *_makefile_wheels()]:
+        try:
+            requires = distribution(name).metadata.get("Requires-Python") or ""
+        except PackageNotFoundError:
+            continue
+        checked[name] = requires
+        assert SpecifierSet(requires).contains(COLAB_PYTHON), f"{name} requires Python {requires}"
+    assert {"transformers", "peft", "bitsandbytes", "accelerate", "datasets"} <= set(checked), checked
+
+
+def _python_313():
+    import glob
+    import shutil
+
+    candidates = [shutil.which("python3.13"), *sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.13*/bin/python")))]
+    for python in filter(None, candidates):          # pyenv's shim exists but fails where 3.13 is not selected
+        if subprocess.run([python, "--version"], capture_output=True).returncode == 0:
+            return python
+    return None
+
+
+def test_the_course_code_compiles_under_colabs_python():
+    """Colab runs Python 3.13, the venv here 3.11: every module and every notebook cell (shell and magic lines
+    aside) compiles under a CPython 3.13 where one is installed (pyenv's, on this project's machines), with
+    warnings as errors (3.12 made invalid escape sequences a SyntaxWarning)."""
+    python = _python_313()
+    if python is None:
+        pytest.skip("no CPython 3.13 on this machine")
+    script = """
+import json, pathlib, sys
+n = 0
+for p in sorted(pathlib.Path(".").glob("[a-z]*/**/*.py")):
+    if ".venv" not in p.parts:
+        compile(p.read_text(encoding="utf-8"), str(p), "exec"); n += 1
+for p in sorted(pathlib.Path("notebooks").glob("*.ipynb")):
+    for i, c in enumerate(json.loads(p.read_text(encoding="utf-8"))["cells"]):
+        if c["cell_type"] == "code":
+            lines = "".join(c["source"]).splitlines()
+            compile("\\n".join(l for l in lines if not l.lstrip().startswith(("%", "!"))), f"{p}, cell {i}", "exec"); n += 1
+print(n)
+"""
+    done = subprocess.run([python, "-W", "error", "-c", script], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert int(done.stdout) > 200, done.stdout
