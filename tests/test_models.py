@@ -182,15 +182,15 @@ def test_an_old_torchao_stops_the_notebook_at_its_start_with_what_to_do(monkeypa
 def test_a_model_that_overflows_fp16_stops_before_it_writes_garbage():
     """A T4 computes in fp16. A model whose activations leave fp16's range gives inf/NaN logits, and greedy
     generation would write garbage without an error: check_fp16_forward stops it, with what to do. Here a tiny
-    random Llama, on the CPU, whose first MLP sums 64 products of 32 x 32 (65,536: just past fp16's 65,504): in
-    fp16 it overflows and is stopped; in fp32, the remedy the message gives, the same weights pass; and the
+    random Llama, on the CPU, whose first MLP sums 128 products of about 32 x 32 (about 131,000: twice fp16's
+    largest value, 65,504): in fp16 it overflows and is stopped; in fp32, the remedy the message gives, the same weights pass; and the
     random model without that MLP passes in fp16."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = models.offline_tokenizer()
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=4)
     model = LlamaForCausalLM(config).to(torch.float16).eval()
     models.check_fp16_forward(model, tok, "tiny")                            # finite: nothing to say
@@ -198,7 +198,7 @@ def test_a_model_that_overflows_fp16_stops_before_it_writes_garbage():
         model.model.embed_tokens.weight.fill_(1.0)                          # every normalized input: 1 per dim
         mlp = model.model.layers[0].mlp
         for w in (mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight):
-            w.fill_(1.0)                                                    # silu(32) x 32 summed over 64 dims
+            w.fill_(1.0)                                                    # ~silu(32) x 32 summed over 128 dims
     with pytest.raises(FloatingPointError, match=r"tiny overflows in fp16 on this GPU: [\d,]+ of [\d,]+ logits .*"
                                                  r"COURSE_MIXED_PRECISION\"\] = \"no\""):
         models.check_fp16_forward(model, tok, "tiny")

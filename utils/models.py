@@ -202,6 +202,8 @@ def check_peft_can_inject() -> None:
     (Colab ships 0.10; the course never uses torchao). ``utils.start()`` asks peft's own check first, so that a
     notebook stops at its start with what to do, not in the middle of a chapter. On Colab the setup cell removes
     such a torchao before this runs."""
+    if importlib.util.find_spec("torchao") is None:     # the usual case: no need to import peft to know
+        return
     from peft.import_utils import is_torchao_available
 
     try:

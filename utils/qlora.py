@@ -71,8 +71,9 @@ class PadCollator:
 
 
 def optimizer_name() -> str:
-    """Paged 8-bit AdamW on CUDA (its states page to CPU RAM under memory pressure); on a CPU there is
-    no GPU memory to page from and the 8-bit kernels are CUDA-only, so plain AdamW."""
+    """Paged 8-bit AdamW on CUDA (its states of 100,000 elements or more page to CPU RAM under memory pressure; an
+    adapter's smaller matrices stay ordinary GPU tensors); on a CPU there is no GPU memory to page from and the 8-bit
+    kernels are CUDA-only, so plain AdamW."""
     return "paged_adamw_8bit" if torch.cuda.is_available() else "adamw_torch"
 
 

@@ -208,12 +208,12 @@ def predictions_dir(env=None) -> tuple[Path, str] | None:
     if not value:
         return None
     folder = Path(value).expanduser()
+    folder = Path(os.path.normpath(folder if folder.is_absolute() else ROOT / folder))
     if folder.is_relative_to(COLAB_DRIVE) and not os.path.ismount(COLAB_DRIVE):
         raise ResultsError(f"{PREDICTIONS_DIR_ENV}={value!r} is on Google Drive, but Drive is not mounted: the files "
                            f"would land on this VM's own disk and vanish with it. Mount it first, "
-                           f"`from google.colab import drive; drive.mount(\"{COLAB_DRIVE}\")`, then run this cell again "
-                           f"(what this notebook wrote to results/ is still there).")
-    return (folder if folder.is_absolute() else ROOT / folder), value
+                           f"`from google.colab import drive; drive.mount(\"{COLAB_DRIVE}\")`, then run this cell again.")
+    return folder, value
 
 
 def save_run(run, predictions: dict[str, pd.DataFrame], **results) -> dict:
@@ -231,7 +231,10 @@ def save_run(run, predictions: dict[str, pd.DataFrame], **results) -> dict:
         f.write(text)
         payload = run.save(**results, predictions_file=meta)
     print(f"{n} predictions of {list(predictions)} written to results/{path.name} (run {run.run_id})")
-    extra = predictions_dir()
+    try:
+        extra = predictions_dir()
+    except ResultsError as e:
+        raise ResultsError(f"{e} What this notebook wrote to results/ is kept: nothing is trained again.") from None
     if extra is not None and extra[0].resolve() != RESULTS_DIR.resolve():
         atomic_write_text(extra[0] / f"{run.stem}.json", _results_text(payload))     # both still in memory
         atomic_write_text(extra[0] / path.name, text)
