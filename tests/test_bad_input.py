@@ -426,17 +426,30 @@ class _Response(io.BytesIO):
 
 @pytest.fixture
 def sms_download(tmp_path, monkeypatch):
-    """The hub profile's SMS download, served from memory; counts the downloads."""
-    calls, served = [], {"payload": _uci_zip(SMS)}
+    """The hub profile's SMS download, served from memory; counts the downloads. UCI serves ``served["payload"]``
+    (an OSError when it is one); the Hugging Face Hub's parquet export is ``served["hub"]`` (a path; None: the hub
+    cannot be reached)."""
+    import huggingface_hub
+
+    calls, served = [], {"payload": _uci_zip(SMS), "hub": None}
     monkeypatch.setattr(data, "CACHE_DIR", tmp_path)
     monkeypatch.delenv("COURSE_DATA_DIR", raising=False)
 
     def urlopen(url, timeout, context):      # the certificates' context is passed (python.org's macOS Python)
         assert isinstance(context, ssl.SSLContext)
         calls.append(url)
+        if isinstance(served["payload"], OSError):
+            raise served["payload"]
         return _Response(served["payload"])
 
+    def hf_hub_download(**kwargs):
+        calls.append(kwargs)
+        if served["hub"] is None:
+            raise OSError("the hub cannot be reached (test)")
+        return str(served["hub"])
+
     monkeypatch.setattr(data.urllib.request, "urlopen", urlopen)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
     return tmp_path / "sms" / "SMSSpamCollection", calls, served
 
 
@@ -471,8 +484,43 @@ def test_a_broken_sms_download_replaces_nothing(sms_download):
     served["payload"] = _uci_zip(["ham\tonly ham"] * 3)                  # ... of a file that fails its check
     _raises(DataError, lambda: load_sms(online=True, verbose=False), "no 'spam' message found")
     assert target.read_bytes() == good and not list(target.parent.glob(".SMSSpamCollection.tmp-*"))
-    served["payload"] = b"<html>rate limited</html>"
-    _raises(DataError, lambda: load_sms(online=True, verbose=False), "is not the expected zip", "try again later")
+    served["payload"] = b"<html>rate limited</html>"             # and the hub's copy cannot be reached either
+    _raises(DataError, lambda: load_sms(online=True, verbose=False), "is not the expected zip",
+            "could not read ucirvine/sms_spam", "set COURSE_DATA_DIR")
+    assert target.read_bytes() == good
+
+
+def _hub_parquet(path, lines):
+    """The Hub's parquet export of the collection: ``sms`` as the loading script wrote it (the line's text with its
+    line break), ``label`` 0 for ham, 1 for spam."""
+    rows = [line.split("\t", 1) for line in lines]
+    pd.DataFrame({"sms": [t + "\n" for _, t in rows], "label": [int(lab == "spam") for lab, _ in rows]}).to_parquet(path)
+    return path
+
+
+def test_when_uci_is_down_the_same_collection_comes_from_the_hub(sms_download, tmp_path, capsys):
+    """UCI unreachable: the messages come from the Hub's parquet export of the same collection, in the same order,
+    so the rest of the chapter (balance, split) sees exactly what UCI's file gives; stamped and reused like it."""
+    target, calls, served = sms_download
+    uci_file = tmp_path / "SMSSpamCollection"
+    uci_file.write_text("\n".join(SMS) + "\n", encoding="utf-8")
+    expected = data.parse_sms_collection(uci_file, verbose=False)
+    served["payload"] = OSError("[Errno 101] Network is unreachable")
+    served["hub"] = _hub_parquet(tmp_path / "0000.parquet", SMS)
+    df, _ = load_sms(online=True, verbose=False)
+    pd.testing.assert_frame_equal(df, expected)
+    assert calls[1] == data.SMS_HUB and "read from the Hugging Face Hub's copy, ucirvine/sms_spam" in capsys.readouterr().out
+    load_sms(online=True, verbose=False)
+    assert len(calls) == 2                                        # stamped: reused, nothing downloaded again
+
+
+def test_a_hub_copy_of_another_layout_is_refused_by_name(sms_download, tmp_path):
+    _, _, served = sms_download
+    served["payload"] = OSError("[Errno 101] Network is unreachable")
+    served["hub"] = tmp_path / "0000.parquet"
+    pd.DataFrame({"text": ["hi"], "label": ["ham"]}).to_parquet(served["hub"])
+    _raises(DataError, lambda: load_sms(online=True, verbose=False), "Network is unreachable",
+            "holds columns ['text', 'label']", "not the expected `sms` and `label` (0 ham, 1 spam)")
 
 
 # ----------------------------------------------------------------------------- the fine-tuning script

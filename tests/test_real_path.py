@@ -299,6 +299,26 @@ def test_the_sms_zip_is_served_as_uci_ships_it(hub, sms_url):
     assert "SMSSpamCollection" in names
 
 
+SMS_WITHOUT_UCI = """
+from utils.data import DATA_DIR, load_sms, parse_sms_collection
+df, _ = load_sms(online=True)
+print("SAME", df.equals(parse_sms_collection(DATA_DIR / "SMSSpamCollection", verbose=False)), len(df))
+"""
+
+
+def test_when_uci_is_down_the_sms_collection_comes_from_the_hubs_parquet_export(hub, tmp_path):
+    """UCI unreachable (nothing listens on the URL): utils.data reads the same messages from ucirvine/sms_spam's
+    parquet export through huggingface_hub, in the simulated hub's cache layout, and gets exactly the frame UCI's
+    file gives (same rows, same order)."""
+    env = colab.base_env({**builder.environment(hub, "http://127.0.0.1:9/unreachable.zip"), "PYTHONPATH": str(ROOT),
+                          "COURSE_CACHE_DIR": str(tmp_path / "cache")})
+    out = subprocess.run([sys.executable, "-c", SMS_WITHOUT_UCI], env=env, cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "UCI failed (could not download http://127.0.0.1:9/unreachable.zip" in out.stdout
+    assert "read from the Hugging Face Hub's copy, ucirvine/sms_spam" in out.stdout and "SAME True 765" in out.stdout
+
+
 FALLBACK = """
 from utils.models import check_llm_access, load_causal_lm_4bit
 from utils.generate import generate_summaries

@@ -1,6 +1,7 @@
 """Datasets behind one loader, three sources.
 
-1. real, online: the SMS Spam Collection (UCI zip) and DialogSum (``knkarthick/dialogsum``);
+1. real, online: the SMS Spam Collection (UCI zip; when UCI cannot be reached, the same 5,574 messages from the
+   Hugging Face Hub's parquet export of ``ucirvine/sms_spam``) and DialogSum (``knkarthick/dialogsum``);
 2. real, local: ``COURSE_DATA_DIR`` holding the real files in their original formats;
 3. bundled samples in ``data/``, written by the course authors (not copied from the real sets).
 
@@ -28,6 +29,10 @@ from .results import atomic_file, atomic_write_text
 # COURSE_SMS_URL: a mirror of the same zip (the tests serve one on 127.0.0.1)
 SMS_URL = os.environ.get("COURSE_SMS_URL", "").strip() or "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip"
 SMS_FILE = "SMSSpamCollection"
+# The same collection on the Hugging Face Hub, as its parquet converter exports it (public, no token): one row per
+# UCI line, in the file's order, `sms` (the text) and `label` (0 ham, 1 spam). Read only when UCI cannot be reached.
+SMS_HUB = {"repo_id": "ucirvine/sms_spam", "filename": "plain_text/train/0000.parquet", "repo_type": "dataset",
+           "revision": "refs/convert/parquet"}
 DIALOGSUM_HUB = "knkarthick/dialogsum"
 DIALOGSUM_JSONL = {"train": "dialogsum.train.jsonl", "validation": "dialogsum.dev.jsonl",
                    "test": "dialogsum.test.jsonl"}
@@ -177,9 +182,41 @@ def _https_context():
     return context
 
 
+def _sms_from_uci() -> bytes:
+    """The UCI archive's ``SMSSpamCollection``, as bytes."""
+    try:
+        with urllib.request.urlopen(SMS_URL, timeout=30, context=_https_context()) as r:
+            payload = r.read()
+    except OSError as e:
+        raise DataError(f"could not download {SMS_URL} ({e})") from None
+    try:
+        with zipfile.ZipFile(io.BytesIO(payload)) as z:
+            return z.read(SMS_FILE)
+    except (zipfile.BadZipFile, KeyError) as e:
+        raise DataError(f"the download from {SMS_URL} is not the expected zip holding '{SMS_FILE}' ({e})") from None
+
+
+def _sms_from_hub() -> bytes:
+    """The same collection from the Hub's parquet export (``SMS_HUB``), written back as UCI's ``label<TAB>text``
+    lines, in the same order: the split that follows is then the one UCI's file gives."""
+    from huggingface_hub import hf_hub_download
+
+    where = f"{SMS_HUB['repo_id']} ({SMS_HUB['filename']} at {SMS_HUB['revision']})"
+    try:
+        df = pd.read_parquet(hf_hub_download(**SMS_HUB))
+    except Exception as e:  # noqa: BLE001 - offline, hub down, file moved: all reported with UCI's failure
+        raise DataError(f"could not read {where} from the Hugging Face Hub ({type(e).__name__}: {e})") from None
+    if not {"sms", "label"} <= set(df.columns) or not df["label"].isin([0, 1]).all():
+        raise DataError(f"{where} holds columns {list(df.columns)} and labels {sorted(set(df.get('label', [])))[:5]}, "
+                        f"not the expected `sms` and `label` (0 ham, 1 spam)")
+    return "".join(f"{('ham', 'spam')[label]}\t{str(sms).strip()}\n"
+                   for sms, label in zip(df["sms"], df["label"])).encode("utf-8")
+
+
 def _download_sms() -> Path:
-    """The UCI file in the cache: downloaded, unzipped and parsed (checked) before it is moved into place,
-    then stamped with its SHA-256; a cached file is reused only when its stamp matches."""
+    """The UCI file in the cache: downloaded (from UCI; when UCI fails, from the Hub's copy), parsed (checked)
+    before it is moved into place, then stamped with its SHA-256; a cached file is reused only when its stamp
+    matches."""
     target = CACHE_DIR / "sms" / SMS_FILE
     stamp = target.with_name(SMS_FILE + ".sha256")
     if target.exists():
@@ -188,18 +225,16 @@ def _download_sms() -> Path:
             return target
         print(f"{show(target)}: {problem}; downloading it again.")
     try:
-        with urllib.request.urlopen(SMS_URL, timeout=30, context=_https_context()) as r:
-            payload = r.read()
-    except OSError as e:
-        raise DataError(f"Could not download the SMS Spam Collection ({e}). Offline? Download "
-                        f"{SMS_URL} elsewhere, unzip it, and set COURSE_DATA_DIR to its folder; "
-                        f"or run the smoke profile (COURSE_PROFILE=smoke).") from None
-    try:
-        with zipfile.ZipFile(io.BytesIO(payload)) as z:
-            content = z.read(SMS_FILE)
-    except (zipfile.BadZipFile, KeyError) as e:
-        raise DataError(f"the download from {SMS_URL} is not the expected zip holding '{SMS_FILE}' ({e}); "
-                        f"try again later, or download it elsewhere and set COURSE_DATA_DIR to its folder.") from None
+        content = _sms_from_uci()
+    except DataError as uci:
+        try:
+            content = _sms_from_hub()
+        except DataError as hub:
+            raise DataError(f"Could not download the SMS Spam Collection: {uci}; and {hub}. Offline? Download "
+                            f"{SMS_URL} elsewhere, unzip it, and set COURSE_DATA_DIR to its folder; "
+                            f"or run the smoke profile (COURSE_PROFILE=smoke).") from None
+        print(f"UCI failed ({uci}); the same collection was read from the Hugging Face Hub's copy, "
+              f"{SMS_HUB['repo_id']}.")
     with atomic_file(target, "wb") as f:
         f.write(content)
         f.flush()

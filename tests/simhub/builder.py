@@ -14,7 +14,9 @@ What it builds (once per builder version, under ``.cache/simhub/<hash>``):
   (``train.csv``, ``validation.csv``, ``test.csv``: id, dialogue, summary, topic; each test dialogue three times,
   ids ``test_N_1..3``), which is also in ``hub/datasets--knkarthick--dialogsum``.
 * ``sms/smsspamcollection.zip``: the UCI archive's layout (``SMSSpamCollection`` and ``readme``), served over
-  HTTP on 127.0.0.1 by :func:`serve`.
+  HTTP on 127.0.0.1 by :func:`serve`; and ``ucirvine/sms_spam``, the same messages as the hub's parquet converter
+  exports them (``plain_text/train/0000.parquet`` at the revision ``refs/convert/parquet``), which the course reads
+  when UCI cannot be reached.
 
 Every text comes from ``data/`` (written by the course). Nothing is downloaded.
 """
@@ -374,9 +376,9 @@ def _commit(files: dict[str, Path]) -> str:
     return h.hexdigest()
 
 
-def to_hub_cache(hub: Path, repo_id: str, folder: Path, repo_type: str = "model") -> str:
+def to_hub_cache(hub: Path, repo_id: str, folder: Path, repo_type: str = "model", revision: str = "main") -> str:
     """Move the files of ``folder`` into the hub cache as huggingface_hub writes them: content-addressed
-    blobs, a snapshot of symlinks named by the commit, and refs/main holding that commit."""
+    blobs, a snapshot of symlinks named by the commit, and refs/<revision> holding that commit."""
     files = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
     commit = _commit(files)
     repo = hub / f"{repo_type}s--{repo_id.replace('/', '--')}"
@@ -390,8 +392,8 @@ def to_hub_cache(hub: Path, repo_id: str, folder: Path, repo_type: str = "model"
         target = snap / name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.symlink_to(os.path.relpath(blob, target.parent))
-    (repo / "refs").mkdir(exist_ok=True)
-    (repo / "refs" / "main").write_text(commit)
+    (repo / "refs" / revision).parent.mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / revision).write_text(commit)
     return commit
 
 
@@ -432,6 +434,20 @@ def datasets_cache(cache_dir: Path, csv_folder: Path, commit: str) -> None:
     shutil.rmtree(work)
 
 
+SMS_HUB = "ucirvine/sms_spam"
+
+
+def sms_parquet(folder: Path) -> None:
+    """The hub's parquet export of the SMS collection: one row per line of the file, in order; ``sms`` the text as
+    the dataset's loading script yielded it (with the line break), ``label`` 0 for ham, 1 for spam."""
+    import pandas as pd
+
+    rows = [line.split("\t", 1) for line in (DATA / "SMSSpamCollection").read_text().splitlines() if line.strip()]
+    (folder / "plain_text" / "train").mkdir(parents=True)
+    pd.DataFrame({"sms": [t + "\n" for _, t in rows], "label": [int(lab == "spam") for lab, _ in rows]}).to_parquet(
+        folder / "plain_text" / "train" / "0000.parquet")
+
+
 def sms_zip(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / SMS_ZIP
@@ -463,6 +479,9 @@ def build(cache: Path = CACHE) -> Path:
     commit = to_hub_cache(hub, DIALOGSUM, staging, repo_type="dataset")
     datasets_cache(tmp / "datasets", csv_copy, commit)
     sms_zip(tmp / "sms")
+    staging = tmp / "staging" / "sms_spam"
+    sms_parquet(staging)
+    to_hub_cache(hub, SMS_HUB, staging, repo_type="dataset", revision="refs/convert/parquet")
     shutil.rmtree(tmp / "staging")
     (tmp / "DONE").write_text(json.dumps({"models": list(MODELS), "dataset": DIALOGSUM}))
     if final.exists():
