@@ -1,4 +1,8 @@
 """Chapter 1's classifier plumbing (utils/classifier.py) on the real offline backbone, SmolLM2-135M-Instruct."""
+import ast
+import math
+
+import nbformat
 import pandas as pd
 import pytest
 import torch
@@ -7,6 +11,7 @@ from torch import nn
 from utils import planner
 from utils.classifier import Backbone, accuracy, encode, last_token_logits, load_backbone, predict
 from utils.gpt2 import GPTConfig, GPTModel
+from utils.paths import ROOT
 from utils.profiles import get_profile
 
 MESSAGES = ["Can u grab milk on the way home?",
@@ -58,18 +63,30 @@ def test_padding_would_matter_at_the_wrong_position(smollm2):
     assert not _close(logits[0, last[0]], logits[0, -1])
 
 
-def _inject_lora_like_the_notebook(model, rank, skip):
-    """Count what the notebook's recursive injection makes trainable: r(d_in + d_out) per nn.Linear reached,
-    the head skipped by name."""
-    n = 0
-    for name, child in model.named_children():
-        if name in skip:
-            continue
-        if isinstance(child, nn.Linear):
-            n += rank * (child.in_features + child.out_features)
-        else:
-            n += _inject_lora_like_the_notebook(child, rank, skip)
-    return n
+def _notebook_definitions(*names) -> dict:
+    """Notebook 01's own classes and functions ``names`` (top-level definitions of its code cells), run here: the
+    test checks the code students read, not a copy of it."""
+    nb = nbformat.read(ROOT / "notebooks" / "01_lora_from_scratch_gpt2.ipynb", as_version=4)
+    namespace = {"torch": torch, "nn": nn, "math": math}
+    for cell in (c for c in nb.cells if c.cell_type == "code"):
+        tree = ast.parse("\n".join(ln for ln in cell.source.splitlines() if not ln.lstrip().startswith(("%", "!"))))
+        defs = [n for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef)) and n.name in names]
+        if defs:
+            exec(compile(ast.Module(body=defs, type_ignores=[]), "notebook 01", "exec"), namespace)
+    assert set(names) <= set(namespace), f"notebook 01 no longer defines {set(names) - set(namespace)}"
+    return namespace
+
+
+def _inject_lora_like_the_notebook(cfg, rank, skip):
+    """What notebook 01's injection makes trainable on a (meta) copy of the model: its own LoRALayer, LinearWithLoRA
+    and replace_linear_with_lora, after freezing every weight as the notebook does."""
+    from utils.architectures import meta_model
+
+    code = _notebook_definitions("LoRALayer", "LinearWithLoRA", "replace_linear_with_lora")
+    model = meta_model(cfg)
+    model.requires_grad_(False)
+    code["replace_linear_with_lora"](model, rank, 2 * rank, skip=skip)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def test_lora_r8_count_on_smollm2_equals_the_formula_and_peft(smollm2):
@@ -78,11 +95,11 @@ def test_lora_r8_count_on_smollm2_equals_the_formula_and_peft(smollm2):
     model, cfg = smollm2.model, smollm2.model.config
     expected = planner.lora_parameter_count(cfg, 8, planner.ALL_LINEAR)
     assert expected == 8 * 30 * (2 * (576 + 576) + 2 * (576 + 192) + 3 * (576 + 1536)) == 2_442_240
-    assert _inject_lora_like_the_notebook(model, 8, skip=(smollm2.head_name,)) == expected
+    assert _inject_lora_like_the_notebook(cfg, 8, skip=(smollm2.head_name,)) == expected
     # the head is the only Linear outside the blocks, so skipping it leaves exactly the planner's Linears
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     assert [n for n in linears if not n.startswith("model.layers.")] == [smollm2.head_name]
-    assert _inject_lora_like_the_notebook(model, 8, skip=()) == expected + 8 * (576 + 49_152)
+    assert _inject_lora_like_the_notebook(cfg, 8, skip=()) == expected + 8 * (576 + 49_152)
     # an independent implementation: PEFT on the same Linears, on a meta copy (no memory)
     from utils.architectures import meta_model
     peft = get_peft_model(meta_model(cfg), LoraConfig(r=8, lora_alpha=16, target_modules=planner.ALL_LINEAR))
