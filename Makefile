@@ -37,11 +37,8 @@ test-avx2: install
 	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 $(PY) -m tools.runner nbval $(NOTEBOOKS)
 
 ## The committed results are the offline (smoke) profile's, even on a machine that reaches the hub: the experiments
-## run it unless COURSE_PROFILE names another, the unit tests always and on the CPU (make course and make test:
-## tools/runner.py).
+## run it unless COURSE_PROFILE names another; the unit tests always, on the CPU (tests/conftest.py).
 experiments-lr experiments-ablation: export COURSE_PROFILE ?= smoke
-test-fast: export COURSE_PROFILE := smoke
-test-fast: export CUDA_VISIBLE_DEVICES :=
 
 ## Chapter 2's learning-rate sweep (full fine-tuning at 3 rates, LoRA at 4) into results/lr_sweep.json.
 experiments-lr: install

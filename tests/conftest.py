@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -5,6 +6,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+# The tests were written for the committed outputs' profile on a CPU (some read CPU-only behaviour, such as
+# bitsandbytes' repacking): every run of them pins both, `make test`'s jobs (tools.runner's unit_env) and a bare
+# `pytest` alike. Set before anything imports torch, so that no GPU is ever seen.
+os.environ["COURSE_PROFILE"] = "smoke"
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from utils.data import DataError, load_dialogsum, load_sms
 from scripts.finetune import ConfigError, load_config, main, make_plan
 from utils.metrics import rouge
 from utils.results import ResultsError, load_results, load_run, save_run
+from simhub.builder import write_sms_parquet
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "configs" / "smoke.toml"
@@ -490,14 +491,6 @@ def test_a_broken_sms_download_replaces_nothing(sms_download):
     assert target.read_bytes() == good
 
 
-def _hub_parquet(path, lines):
-    """The Hub's parquet export of the collection: ``sms`` as the loading script wrote it (the line's text with its
-    line break), ``label`` 0 for ham, 1 for spam."""
-    rows = [line.split("\t", 1) for line in lines]
-    pd.DataFrame({"sms": [t + "\n" for _, t in rows], "label": [int(lab == "spam") for lab, _ in rows]}).to_parquet(path)
-    return path
-
-
 def test_when_uci_is_down_the_same_collection_comes_from_the_hub(sms_download, tmp_path, capsys):
     """UCI unreachable: the messages come from the Hub's parquet export of the same collection, in the same order,
     so the rest of the chapter (balance, split) sees exactly what UCI's file gives; stamped and reused like it."""
@@ -506,7 +499,7 @@ def test_when_uci_is_down_the_same_collection_comes_from_the_hub(sms_download, t
     uci_file.write_text("\n".join(SMS) + "\n", encoding="utf-8")
     expected = data.parse_sms_collection(uci_file, verbose=False)
     served["payload"] = OSError("[Errno 101] Network is unreachable")
-    served["hub"] = _hub_parquet(tmp_path / "0000.parquet", SMS)
+    served["hub"] = write_sms_parquet(tmp_path / "0000.parquet", SMS)      # as the simulated hub writes it
     df, _ = load_sms(online=True, verbose=False)
     pd.testing.assert_frame_equal(df, expected)
     assert calls[1] == data.SMS_HUB and "read from the Hugging Face Hub's copy, ucirvine/sms_spam" in capsys.readouterr().out

@@ -4,6 +4,7 @@ import math
 
 import nbformat
 import pandas as pd
+from nbcode import code_of
 import pytest
 import torch
 from torch import nn
@@ -69,7 +70,7 @@ def _notebook_definitions(*names) -> dict:
     nb = nbformat.read(ROOT / "notebooks" / "01_lora_from_scratch_gpt2.ipynb", as_version=4)
     namespace = {"torch": torch, "nn": nn, "math": math}
     for cell in (c for c in nb.cells if c.cell_type == "code"):
-        tree = ast.parse("\n".join(ln for ln in cell.source.splitlines() if not ln.lstrip().startswith(("%", "!"))))
+        tree = ast.parse(code_of(cell.source))
         defs = [n for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef)) and n.name in names]
         if defs:
             exec(compile(ast.Module(body=defs, type_ignores=[]), "notebook 01", "exec"), namespace)

@@ -276,9 +276,10 @@ def _top_level_calls(source: str) -> set[str]:
     """Names of functions called when a cell runs (calls inside a ``def`` or ``lambda`` are not run by it)."""
     import ast
 
-    lines = [ln for ln in source.splitlines() if not ln.lstrip().startswith(("%", "!"))]
+    from nbcode import code_of
+
     try:
-        tree = ast.parse("\n".join(lines))
+        tree = ast.parse(code_of(source))
     except SyntaxError:
         return set()
     names, todo = set(), list(ast.iter_child_nodes(tree))

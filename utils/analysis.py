@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .paths import SEED
-from .results import PREDICTIONS_DIR_ENV, predictions_dir
+from .results import COLAB_DRIVE, PREDICTIONS_DIR_ENV, predictions_dir
 
 _TOKEN = re.compile(r"[a-z0-9]+")
 N_BOOT = 2000      # bootstrap resamples: percentile ends stable to ~0.1 point of ROUGE at n = 30-500
@@ -378,7 +378,7 @@ def predictions_folder(env=None):
     if not folder.is_dir():
         raise FileNotFoundError(f"{PREDICTIONS_DIR_ENV}={value!r}: no such folder ({folder}). Point it at the folder "
                                 f"where notebooks 02 and 03 copied their results (they do when the same variable is "
-                                f"set while they run; on Colab: mount Drive, e.g. /content/drive/MyDrive/lora-course-runs), "
+                                f"set while they run; on Colab: mount Drive, e.g. {COLAB_DRIVE}/MyDrive/lora-course-runs), "
                                 f"or unset it to read the course's results/.")
     return folder, True
 

@@ -151,9 +151,13 @@ def save_results(stem: str, results: dict) -> Path:
     return atomic_write_text(RESULTS_DIR / f"{stem}.json", _results_text(results))
 
 
+def _is_results_dir(folder) -> bool:
+    return Path(folder).resolve() == RESULTS_DIR.resolve()
+
+
 def _where_to(folder) -> str:
     """For a missing file in a folder other than results/: how the notebook's run gets its files there."""
-    if not folder or Path(folder).resolve() == RESULTS_DIR.resolve():
+    if not folder or _is_results_dir(folder):
         return ""
     return (f", to the end, with {PREDICTIONS_DIR_ENV} naming this folder (its last cell copies its files there; "
             f"on Colab, set it in that notebook too), or unset {PREDICTIONS_DIR_ENV} to read the course's results/")
@@ -235,7 +239,7 @@ def save_run(run, predictions: dict[str, pd.DataFrame], **results) -> dict:
         extra = predictions_dir()
     except ResultsError as e:
         raise ResultsError(f"{e} What this notebook wrote to results/ is kept: nothing is trained again.") from None
-    if extra is not None and extra[0].resolve() != RESULTS_DIR.resolve():
+    if extra is not None and not _is_results_dir(extra[0]):
         atomic_write_text(extra[0] / f"{run.stem}.json", _results_text(payload))     # both still in memory
         atomic_write_text(extra[0] / path.name, text)
         print(f"and copied to {show(extra[0])} ({PREDICTIONS_DIR_ENV}), where notebook 04 reads them")

@@ -437,15 +437,21 @@ def datasets_cache(cache_dir: Path, csv_folder: Path, commit: str) -> None:
 SMS_HUB = "ucirvine/sms_spam"
 
 
-def sms_parquet(folder: Path) -> None:
-    """The hub's parquet export of the SMS collection: one row per line of the file, in order; ``sms`` the text as
+def write_sms_parquet(path: Path, lines: list[str]) -> Path:
+    """The hub's parquet export of SMS lines (``label<TAB>text``): one row per line, in order; ``sms`` the text as
     the dataset's loading script yielded it (with the line break), ``label`` 0 for ham, 1 for spam."""
     import pandas as pd
 
-    rows = [line.split("\t", 1) for line in (DATA / "SMSSpamCollection").read_text().splitlines() if line.strip()]
+    rows = [line.split("\t", 1) for line in lines if line.strip()]
+    pd.DataFrame({"sms": [t + "\n" for _, t in rows], "label": [int(lab == "spam") for lab, _ in rows]}).to_parquet(path)
+    return path
+
+
+def sms_parquet(folder: Path) -> None:
+    """``ucirvine/sms_spam``'s export of the course's SMS file, where the hub keeps it."""
     (folder / "plain_text" / "train").mkdir(parents=True)
-    pd.DataFrame({"sms": [t + "\n" for _, t in rows], "label": [int(lab == "spam") for lab, _ in rows]}).to_parquet(
-        folder / "plain_text" / "train" / "0000.parquet")
+    write_sms_parquet(folder / "plain_text" / "train" / "0000.parquet",
+                      (DATA / "SMSSpamCollection").read_text().splitlines())
 
 
 def sms_zip(folder: Path) -> Path:
