@@ -30,9 +30,10 @@ def lora_config(s: LoRASettings = LoRASettings()):
 
 def prepare_4bit_base(model, gradient_checkpointing: bool = True):
     """Freeze the 4-bit base for training: ``prepare_model_for_kbit_training`` freezes every weight, casts the
-    unquantized 16-bit ones (embeddings, norms, head) to fp32, turns on gradient checkpointing and makes the
-    embedding output require gradients. On a GPU (or with bf16 on a CPU) this changes the model's numbers:
-    evaluate "the base" after it, so that the base and the adapted model are the same model but for the adapters."""
+    unquantized 16-bit ones (embeddings, norms, head) to fp32 and turns on gradient checkpointing, non-reentrant
+    (which needs no input that requires gradients; transformers makes the embedding output require them anyway).
+    On a GPU (or with bf16 on a CPU) this changes the model's numbers: evaluate "the base" after it,
+    so that the base and the adapted model are the same model but for the adapters."""
     from peft import prepare_model_for_kbit_training
 
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
@@ -72,8 +73,8 @@ class PadCollator:
 
 def optimizer_name() -> str:
     """Paged 8-bit AdamW on CUDA (its states of 100,000 elements or more page to CPU RAM under memory pressure; an
-    adapter's smaller matrices stay ordinary GPU tensors); on a CPU there is no GPU memory to page from and the 8-bit
-    kernels are CUDA-only, so plain AdamW."""
+    adapter's smaller matrices stay ordinary GPU tensors); on a CPU there is no GPU memory to page from (bitsandbytes
+    falls back to unpaged, with a warning), and an adapter's states are small, so plain AdamW."""
     return "paged_adamw_8bit" if torch.cuda.is_available() else "adamw_torch"
 
 
