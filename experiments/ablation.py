@@ -8,7 +8,8 @@ What it measures, on the real SmolLM2-135M-Instruct (dense fp32: on a CPU it is 
 model, which dequantizes every weight at every matmul; the LoRA arithmetic compared is the same):
 
 * targets: LoRA on the attention projections (q, k, v, o) at r = 16 against every linear layer at the rank whose
-  parameter count matches (planner counts), and, when time allows, every linear layer at r = 16 (rank);
+  parameter count matches (planner counts; alpha 32 for all, so that the step size is the same), and, when time
+  allows, every linear layer at r = 16 (rank);
 * alpha = 2r against alpha = r at r = 16 (attention);
 * one configuration repeated with another seed (initialisation, dropout and data order): the noise floor.
 
@@ -73,7 +74,7 @@ class Verdict:
         """Which configuration has the lower loss, by how much, with the interval of that same difference."""
         lower, higher = (self.a, self.b) if self.difference < 0 else (self.b, self.a)
         low, high = (-self.high, -self.low) if self.difference < 0 else (self.low, self.high)
-        gap = f"{abs(self.difference):.4f} nats (95 % CI [{low:+.4f}, {high:+.4f}], Holm p = {self.p_holm:.2f})"
+        gap = f"{abs(self.difference):.4f} nats (95 % CI [{low:+.4f}, {high:+.4f}], Holm p = {self.p_holm:.2g})"
         if self.resolved:
             return f"{lower} beats {higher} by {gap}"
         return f"{lower} lower than {higher} by {gap}: not resolved"
@@ -141,7 +142,9 @@ def configurations(model_config) -> list[Config]:
     return [
         Config("attention-r16", "attention", 16, 32),                      # the reference (textbook default)
         Config("attention-r16-seed2", "attention", 16, 32, seed=SEED + 1),  # the noise floor
-        Config(f"all-linear-r{m}-matched", "all-linear", m, 2 * m),         # as many parameters as attention-r16
+        # as many parameters as attention-r16, and its alpha: under AdamW the update then moves about as fast
+        # (with alpha = 2r, r = 6 would also be a 16/6 times smaller step); the LoRA paper holds alpha across ranks
+        Config(f"all-linear-r{m}-matched", "all-linear", m, 32),
         Config("attention-r16-alpha16", "attention", 16, 16),              # alpha = r against alpha = 2r
         Config("all-linear-r16", "all-linear", 16, 32),                    # run last: dropped first if time is short
     ]

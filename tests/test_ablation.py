@@ -181,6 +181,20 @@ def test_logits_agree_tolerates_rounding_not_changes():
         logits_agree(a, a[:1])
 
 
+def test_logits_agree_judges_bf16_logits_by_bf16_rounding():
+    """Logits given in bf16 (a GPU run) differ by bf16's rounding, 2^-7 relative, not fp32's: the tolerance
+    follows the dtype given, not the fp32 copy compared (it once used fp32's epsilon for every input)."""
+    from utils.ablation import logits_agree
+    g = torch.Generator().manual_seed(0)
+    a = 10 * torch.randn(2, 5, 50, generator=g)
+    b = a + 0.02 * torch.randn(a.shape, generator=g)                # about bf16's spacing at these values
+    ok, info = logits_agree(a.bfloat16(), b.bfloat16())
+    assert ok and 0 < info["max |difference|"] <= info["tolerance"], info
+    assert not logits_agree(a, b)[0]                                # the same gap in fp32 is a real difference
+    assert not logits_agree(a.bfloat16(), (a + 3.0).bfloat16())[0]  # and a shift of 3 is one in bf16 too
+    assert info["tolerance"] < 0.05 * float(a.abs().max())           # bf16's tolerance: a few per cent of the scale
+
+
 def test_a_verdict_reports_the_difference_inside_its_own_interval():
     """The difference a - b and its paired interval have the same sign (an interval of b - a once said
     "+0.033 [-0.052, -0.014]")."""

@@ -25,6 +25,9 @@ def test_stemming_matches_inflections():
 
 def test_lsum_uses_sentence_splits():
     assert split_sentences("#Person1# calls. #Person2# answers!") == "#Person1# calls.\n#Person2# answers!"
+    # a title is not a sentence end (it once split "Mr. Dawson" in two, as NLTK's splitter does not)
+    assert split_sentences("#Person1# tells Mr. Dawson. Mrs. Li and Dr. Wu agree.") == \
+        "#Person1# tells Mr. Dawson.\nMrs. Li and Dr. Wu agree."
     pred, ref = "B c. A b.", "A b. B c."
     s = rouge([pred], [ref])
     assert s["rougeLsum"] > s["rougeL"]     # the sentence-level LCS recovers the swapped order

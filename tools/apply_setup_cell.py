@@ -25,6 +25,7 @@ What the cell does on Colab, and why:
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -95,7 +96,10 @@ def apply(path: Path, source: str = SETUP_CELL) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    check = "--check" in argv
+    parser = argparse.ArgumentParser(prog="python -m tools.apply_setup_cell",
+                                     description="Write SETUP_CELL into cell 1 of every notebook.")
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if some notebook's cell differs")
+    check = parser.parse_args(argv).check
     stale = []
     for path in notebooks():
         if check:

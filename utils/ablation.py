@@ -94,18 +94,23 @@ def held_out_losses(model, examples: list[dict], collate, batch_size: int = 8) -
 
 # ----------------------------------------------------------------------------- comparing two models' logits
 
-def logits_agree(a: torch.Tensor, b: torch.Tensor, ulps: int = 1024) -> tuple[bool, dict]:
+def logits_agree(a: torch.Tensor, b: torch.Tensor, ulps: int | None = None) -> tuple[bool, dict]:
     """Do two runs of "the same" model agree, on any CPU or GPU? Float rounding differs between kernels
     (AVX2 / AVX-512 / CUDA), and a merged weight W + s BA is rounded once where the adapter path rounds twice, so a
     fixed absolute tolerance is a property of one machine. Agreement here means (1) every difference is below
-    ``ulps`` units of the dtype's epsilon times the logits' scale (max |a|), and (2) the greedy token (argmax)
-    is the same at every position where the top two logits of ``a`` are further apart than that tolerance (a
-    closer call is a tie that rounding may break either way). Returns the verdict and the measured figures."""
+    ``ulps`` units of epsilon times the logits' scale (max |a|), and (2) the greedy token (argmax) is the same at
+    every position where the top two logits of ``a`` are further apart than that tolerance (a closer call is a tie
+    that rounding may break either way). The epsilon is that of the coarser dtype given: fp32's, with 1024 units by
+    default; a 16-bit one's (bf16: 2^-7), with 4 units by default, for logits computed in 16 bits, whose rounding
+    fp32's epsilon would take for a difference. Returns the verdict and the measured figures."""
+    given = [t.dtype for t in (a, b) if t.dtype.is_floating_point] + [torch.float32]
+    eps = max(torch.finfo(d).eps for d in given)
+    ulps = (1024 if eps == torch.finfo(torch.float32).eps else 4) if ulps is None else ulps
     a, b = a.detach().float(), b.detach().float()
     if a.shape != b.shape:
         raise ValueError(f"logits of different shapes: {tuple(a.shape)} and {tuple(b.shape)}")
     scale = float(a.abs().max())
-    tol = ulps * torch.finfo(a.dtype if a.dtype.is_floating_point else torch.float32).eps * max(scale, 1.0)
+    tol = ulps * eps * max(scale, 1.0)
     diff = float((a - b).abs().max())
     top2 = a.topk(2, dim=-1).values
     clear = (top2[..., 0] - top2[..., 1]) > tol

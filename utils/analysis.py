@@ -133,15 +133,16 @@ def paired_bootstrap(a, b, n_boot: int = N_BOOT, ci: float = 0.95, seed: int = S
 
 def ci_width_by_n(a, b, sizes, n_boot: int = N_BOOT, ci: float = 0.95, seed: int = SEED) -> pd.DataFrame:
     """Width of the paired interval if ``n`` dialogues like these had been evaluated, for each ``n`` in
-    ``sizes`` (resamples of size n drawn from the observed differences)."""
+    ``sizes`` (resamples of size n drawn from the observed differences; each size draws from a generator seeded
+    with ``seed``, so at n = len(a) the width is exactly that of :func:`paired_bootstrap` with the same seed)."""
     a, b = check_paired(a, b, ("baseline scores", "model scores"))
     _check_ci(ci, n_boot)
     sizes = [int(n) for n in sizes]
     if not sizes or min(sizes) < 2:
         raise ValueError(f"sizes={sizes}: give sample sizes of at least 2 dialogues.")
-    d, rng, rows = b - a, np.random.default_rng(seed), []
+    d, rows = b - a, []
     for n in sizes:
-        iv = _percentile(_bootstrap_means(d, n_boot, rng, size=n), d.mean(), ci)
+        iv = _percentile(_bootstrap_means(d, n_boot, np.random.default_rng(seed), size=n), d.mean(), ci)
         rows.append({"n": n, "low": iv.low, "high": iv.high, "width": iv.width})
     return pd.DataFrame(rows)
 

@@ -129,7 +129,9 @@ def parameter_count(config) -> int:
 
 
 def resolve_targets(config, targets) -> tuple[str, ...]:
-    """Target module names; ``"all-linear"`` means every Linear kind inside the blocks (as in PEFT)."""
+    """Target module names; ``"all-linear"`` means every Linear kind inside the blocks (as in PEFT for
+    transformers models; on chapter 1's from-scratch GPT, a plain module, PEFT's "all-linear" takes the output head
+    too, unless ``exclude_modules=["out_head"]``)."""
     known = linear_shapes(config)
     if targets == ALL_LINEAR:
         return tuple(known)
