@@ -114,7 +114,7 @@ def test_the_committed_verdicts_follow_the_rule_from_the_committed_losses():
     from experiments.ablation import RULE, Config, summarise
     committed = load_ablation(RESULTS_DIR / "ablation.json")
     runs = committed["configs"]
-    again = summarise(runs, [Config(n, c["targets"], c["r"], c["alpha"], c["seed"]) for n, c in runs.items()])
+    again = summarise(runs, [Config(n, c["targets"], c["r"], c["alpha"], c["seed"], c.get("lr")) for n, c in runs.items()])
     assert committed["rule"] == RULE
     assert committed["verdicts"] == again["verdicts"]
 

@@ -124,7 +124,7 @@ def load_ablation(path) -> dict:
     from pathlib import Path
 
     path = Path(path)
-    redo = "Run `make experiments-ablation` (about 7 minutes on 2 idle CPU cores) to write it."
+    redo = "Run `make experiments-ablation` (about 8.5 minutes on 2 idle CPU cores) to write it."
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing. {redo}")
     try:
@@ -157,12 +157,16 @@ def ablation_figure(ablation: dict, title: str):
     for n, y in zip(order, label_y):
         c = configs[n]
         marker, color, _ = kinds[c["targets"]]
-        ax.scatter(c["trainable"], c["held_out_loss"], marker=marker, s=60, color=color)
+        ax.scatter(c["trainable"], c["held_out_loss"], marker=marker, s=60, edgecolors=color,
+                   facecolors="none" if c.get("lr") else color)          # hollow: the rate check, another rate
         ax.annotate(n, (c["trainable"], c["held_out_loss"]), xytext=(c["trainable"] * 1.05, y), fontsize=8, va="center",
                     arrowprops=dict(arrowstyle="-", color="#999999", lw=0.6))
     ax.set_xlim(min(c["trainable"] for c in configs.values()) / 1.15, max(c["trainable"] for c in configs.values()) * 1.6)
     ax.set_ylim(min(losses) - 2 * gap, max(label_y) + 2 * gap)
     handles = [plt.Line2D([], [], ls="", marker=m, color=col, label=lab) for m, col, lab in kinds.values()]
+    if other := sorted({c["lr"] for c in configs.values() if c.get("lr")}):
+        handles.append(plt.Line2D([], [], ls="", marker="o", mfc="none", color="#555555",
+                                  label=f"hollow: learning rate {', '.join(f'{x:g}' for x in other)}"))
     ax.legend(handles=[*ax.get_legend_handles_labels()[0], *handles], fontsize=8)
     ax.set(xscale="log", xlabel="trainable parameters (log scale)", ylabel="held-out loss per summary token (nats)")
     ax.set_title(f"{title}\nbase model without an adapter: {ablation['base']['held_out_loss']:.3f} (off this scale)",
