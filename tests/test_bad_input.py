@@ -336,6 +336,23 @@ def _damage(results_dir, what):
         FakeRun("03_x", "03-C").save(rouge=0.9)
     elif what == "predictions without run id":
         _write_predictions(results_dir)
+    elif what == "results not an object":
+        res.write_text("[1, 2]")
+    elif what.startswith("predictions: "):            # one line changed, as by hand; the row count stays
+        lines = pred.read_text().splitlines(keepends=True)
+        row = json.loads(lines[1])
+        if what.endswith("text edited"):
+            row["prediction"] = "a better summary"
+        elif what.endswith("key missing"):
+            del row["prediction"]
+        elif what.endswith("another run's row"):
+            row["run_id"] = "03-B"
+        lines[1] = "not json\n" if what.endswith("not JSON") else json.dumps(row) + "\n"
+        pred.write_text("".join(lines))
+    elif what == "predictions empty":
+        pred.write_text("")
+    elif what == "predictions not UTF-8":
+        pred.write_bytes(b"\xff\xfe" + pred.read_bytes())
 
 
 RESULT_CASES = {
@@ -346,6 +363,13 @@ RESULT_CASES = {
                                    "come from different runs", "Re-run notebooks/03_x.ipynb to the end"],
     "results of another run": ["(run 03-C)", "(run 03-A)", "come from different runs"],
     "predictions without run id": ["(run without a run id)", "Re-run notebooks/03_x.ipynb"],
+    "results not an object": ["03_x.json holds a list, not the results object", "Re-run notebooks/03_x.ipynb"],
+    "predictions: text edited": ["is not the file its run wrote (4 rows", "recorded 4 and another checksum"],
+    "predictions: key missing": ["line 2: expected the keys", "found ['dialogue', 'id', 'model', 'references', 'run_id']"],
+    "predictions: not JSON": ["line 2: not valid JSON", "the file is damaged"],
+    "predictions: another run's row": ["mixes rows of 2 runs", "assembled by hand"],
+    "predictions empty": ["03_x.predictions.jsonl is empty", "Re-run notebooks/03_x.ipynb"],
+    "predictions not UTF-8": ["not UTF-8 at byte 0", "Re-run notebooks/03_x.ipynb"],
 }
 
 

@@ -128,6 +128,7 @@ def test_predict_keeps_the_order_of_the_rows(smollm2):
         with torch.no_grad():
             one_by_one = [last_token_logits(model, *encode(smollm2.tokenizer, [t], 64)).argmax(-1).item()
                           for t in df["text"]]
+        assert len(set(one_by_one)) == 2           # the head tells these rows apart: a mix-up of rows would show
         assert preds.tolist() == one_by_one
         assert accuracy(model, df, smollm2.tokenizer, 64, batch_size=3) == \
             sum(p == y for p, y in zip(one_by_one, df["label"])) / len(df)

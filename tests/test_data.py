@@ -78,8 +78,20 @@ def test_balance_and_split_is_70_10_20_and_balanced(tmp_path):
     assert [len(splits[s]) for s in ("train", "validation", "test")] == [1045, 149, 300]
     both = pd.concat(splits.values())
     assert both["label"].sum() == 747 and len(both) == 1494
+    assert both["text"].is_unique                   # undersampled, never resampled: no message in two splits
     again = balance_and_split(parse_sms_collection(path))
     assert splits["test"]["text"].tolist() == again["test"]["text"].tolist()   # fixed seed
+
+
+def test_balance_and_split_refuses_other_columns_and_labels():
+    """UCI's own header names (v1, v2) once passed the column check (a proper-subset test) and failed later with a
+    KeyError; labels other than ham/spam would have been dropped without a word."""
+    with pytest.raises(DataError, match="expected columns 'label' and 'text', got \\['v1', 'v2'\\]"):
+        balance_and_split(pd.DataFrame({"v1": ["ham", "spam"], "v2": ["a", "b"]}))
+    with pytest.raises(DataError, match="expected columns"):
+        balance_and_split(pd.DataFrame({"label": ["ham", "spam"]}))
+    with pytest.raises(DataError, match=r"labels must be 'ham' or 'spam'.*\['0', '1'\]"):
+        balance_and_split(pd.DataFrame({"label": [0, 1, 1], "text": ["a", "b", "c"]}))
 
 
 def test_empty_split_is_an_error():

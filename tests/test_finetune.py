@@ -139,6 +139,13 @@ def test_evaluation_is_split_across_processes_and_gathered(two_processes):
     assert [i for o in own for i in o["indices"]] == [0, 1]           # disjoint shares, in order, covering both
     gathered = [e["prediction"] for e in metrics["examples"]]
     assert gathered == [p for o in own for p in o["predictions"]] and len(set(gathered)) == 2   # in rank order
+    from utils.data import load_dialogsum                              # the gathered predictions are what was scored,
+    from utils.metrics import rouge                                   # each against its own dialogue's references
+
+    test = load_dialogsum(online=False, splits=("test",), verbose=False)[0]["test"].set_index("id")
+    refs = [test.loc[e["id"], "references"] for e in metrics["examples"]]
+    assert metrics["rouge"]["finetuned"] == pytest.approx(rouge(gathered, refs), abs=1e-6)
+    assert rouge(gathered, refs[::-1]) != pytest.approx(rouge(gathered, refs), abs=1e-6)   # a mix-up would show
     assert "generating (fine-tuned)" in done.stderr and "2/2 [" in done.stderr     # progress bars
 
 

@@ -57,3 +57,18 @@ def test_compare_absolute_and_relative():
     assert math.isclose(table.loc[("lora", "rouge2"), "rel. gain (%)"], 100.0)
     with pytest.raises(ValueError, match="baseline"):
         compare({"a": {}}, "b")
+
+
+def test_rouge_is_the_mean_over_examples():
+    """Hand-derived: ROUGE-1 F1 of "the cat sat" against "the cat" is 2 (2/3)(1) / (2/3 + 1) = 0.8; "a dog" against
+    "a dog" is 1. Every other test scores one example, so a rouge() that returned the first or the best would pass."""
+    two = rouge(["the cat sat", "a dog"], ["the cat", "a dog"], use_stemmer=False)
+    assert two["rouge1"] == pytest.approx(0.9)
+    assert rouge(["a dog", "the cat sat"], ["a dog", "the cat"], use_stemmer=False)["rouge1"] == pytest.approx(0.9)
+
+
+def test_relative_gain_over_a_zero_baseline_is_undefined():
+    keys = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+    table = compare({"base": dict.fromkeys(keys, 0.0), "tuned": dict.fromkeys(keys, 0.2)}, baseline="base")
+    assert table.loc[("tuned", "rouge2"), "abs. gain (points)"] == pytest.approx(20.0)
+    assert math.isnan(table.loc[("tuned", "rouge2"), "rel. gain (%)"])     # not 0 %, not infinity printed as a number

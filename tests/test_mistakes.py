@@ -70,7 +70,7 @@ def test_formats_label_the_same_summary_tokens(tokenizer):
     assert answers[0] == answers[1] == answers[2] == tokenizer(SUMMARIES[1], add_special_tokens=False)["input_ids"]
     assert "<|im_start|>assistant" in tokenizer.decode(ex[0]["input_ids"])
     assert "<|im_start|>" not in tokenizer.decode(ex[1]["input_ids"])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="format 'no such format': choose one of .*its own chat template"):
         mistakes.formatted_example(tokenizer, DIALOGUES[0], SUMMARIES[0], "no such format")
 
 
@@ -94,7 +94,10 @@ def test_lora_run_and_measurements(tiny_model, tokenizer, examples):
     peft_model, out = mistakes.lora_run(tiny_model, batches, examples, collate, lr=1e-3, r=2, alpha=4)
     from utils.planner import lora_parameter_count
     assert out["trainable"] == lora_parameter_count(tiny_model.config, 2, mistakes.QKVO)
-    assert len(out["train_loss"]) == 2 and out["heldout"] > 0
+    assert len(out["train_loss"]) == 2
+    from utils.ablation import held_out_losses
+    assert out["heldout"] == pytest.approx(float(held_out_losses(peft_model, examples, collate).mean()), rel=1e-6)
+    assert all(p.abs().sum() > 0 for n, p in peft_model.named_parameters() if "lora_B" in n)   # it trained: B left 0
     eos = tokenizer.eos_token_id
     p = mistakes.end_probability(peft_model, examples, eos)
     with torch.no_grad():                                # reference: one pass over each whole example

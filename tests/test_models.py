@@ -30,9 +30,12 @@ def test_gated_model_without_access_says_what_to_do(monkeypatch, token, state):
 
 
 def test_access_check_passes_when_the_hub_answers(monkeypatch):
+    """It asks the hub for the gated repo's config.json with the student's token, and nothing else."""
     import huggingface_hub
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: "config.json")
-    models.check_llm_access(LLAMA, FALLBACK, "hf_" + "y" * 34)
+    calls, token = [], "hf_" + "y" * 34
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: calls.append((a, k)) or "config.json")
+    models.check_llm_access(LLAMA, FALLBACK, token)
+    assert calls == [((LLAMA, "config.json"), {"token": token})]
 
 
 def test_token_comes_from_the_environment(monkeypatch):

@@ -22,7 +22,10 @@ def test_profile_follows_the_machine(cuda, hub, gpu_gib, expected, capsys):
 
 
 def test_no_hub_is_checked_before_the_gpu(monkeypatch):
+    import socket
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")              # hub_reachable() must say no without touching the network
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail(f"a connection to {a[0]}"))
     assert resolve_profile_name(env={}, cuda=False) == "smoke"
 
 

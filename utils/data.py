@@ -257,8 +257,11 @@ def load_sms(online: bool, verbose: bool = True) -> tuple[pd.DataFrame, str]:
 
 def balance_and_split(df: pd.DataFrame, seed: int = SEED, fractions=(0.7, 0.1)) -> dict[str, pd.DataFrame]:
     """Undersample ham to the number of spam, shuffle, split 70/10/20; ``label`` becomes 0 (ham) / 1 (spam)."""
-    if set(df.columns) < {"label", "text"}:
+    if not {"label", "text"} <= set(df.columns):
         raise DataError(f"expected columns 'label' and 'text', got {list(df.columns)}")
+    if unknown := sorted({str(x) for x in df["label"]} - {"ham", "spam"}):
+        raise DataError(f"labels must be 'ham' or 'spam' (as `parse_sms_collection` writes them); found "
+                        f"{unknown[:5]}{' ...' if len(unknown) > 5 else ''}: map them, or those rows would be dropped.")
     n_spam = int((df["label"] == "spam").sum())
     ham = df[df["label"] == "ham"].sample(n_spam, random_state=seed)
     balanced = pd.concat([ham, df[df["label"] == "spam"]]).sample(frac=1, random_state=seed)

@@ -73,8 +73,9 @@ class PadCollator:
 
 def optimizer_name() -> str:
     """Paged 8-bit AdamW on CUDA (its states of 100,000 elements or more page to CPU RAM under memory pressure; an
-    adapter's smaller matrices stay ordinary GPU tensors); on a CPU there is no GPU memory to page from (bitsandbytes
-    falls back to unpaged, with a warning), and an adapter's states are small, so plain AdamW."""
+    r = 16 adapter's matrices on q, k, v, o are smaller and stay ordinary GPU tensors); on a CPU there is no GPU
+    memory to page from (bitsandbytes falls back to unpaged, with a warning), and an adapter's states are small, so
+    plain AdamW."""
     return "paged_adamw_8bit" if torch.cuda.is_available() else "adamw_torch"
 
 
