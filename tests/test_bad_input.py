@@ -297,6 +297,28 @@ def test_a_drive_folder_without_drive_mounted_is_refused_before_anything_runs(re
     assert load_run("03_x", tmp_path / "MyDrive" / "runs")[0]["run_id"] == "03-B"
 
 
+def test_a_predictions_dir_that_cannot_be_a_folder_is_refused(tmp_path):
+    """A file given as the folder failed only at the notebook's last cell, with a bare FileExistsError; '$HOME/runs'
+    (no shell to expand it) created a folder literally named '$HOME' under the course root."""
+    import utils.results as results
+
+    a_file = tmp_path / "runs.txt"
+    a_file.write_text("")
+    _raises(ResultsError, lambda: results.predictions_dir({"COURSE_PREDICTIONS_DIR": str(a_file)}),
+            "runs.txt'", "is a file, not a folder")
+    _raises(ResultsError, lambda: results.predictions_dir({"COURSE_PREDICTIONS_DIR": "$HOME/runs"}),
+            "'$HOME/runs' holds an unexpanded variable", "Give the path itself")
+    assert results.predictions_dir({"COURSE_PREDICTIONS_DIR": str(tmp_path / "new")})[0] == tmp_path / "new"
+
+
+def test_results_cannot_overwrite_what_ties_them_to_their_predictions(results_dir):
+    import utils
+
+    run = utils.start("99_test", profile="smoke")
+    _raises(ResultsError, lambda: run.save(run_id="mine", rouge=0.5), "run.save(): ['run_id']", "Nothing was written")
+    assert not (results_dir / "99_test.json").exists()
+
+
 def test_a_missing_file_in_the_predictions_folder_says_how_it_gets_there(tmp_path):
     """Notebook 04 pointed at a Drive folder where 02 copied its files but 03 never ran with the variable set."""
     with pytest.raises(FileNotFoundError, match=r"03_x\.json is missing: run notebooks/03_x\.ipynb first, to the "
@@ -763,3 +785,50 @@ def test_the_sms_download_trusts_certifis_certificates_beside_the_systems(monkey
     context = data._https_context()
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
     assert loaded == [(certifi.where(),)] and context.get_ca_certs()
+
+
+def test_numerical_helpers_refuse_what_they_would_get_wrong():
+    """Inputs that once gave a wrong number without a word: a NaN weight turned its whole NF4 block into NaN; a dict
+    of references was scored by its keys; plain-string references were counted in characters; a rank given as a
+    NumPy integer was refused and a target named twice counted twice."""
+    import numpy as np
+    import torch
+
+    from utils import nf4
+    from utils.analysis import length_table
+    from utils.architectures import course_config
+    from utils.metrics import compare, rouge
+    from utils.planner import lora_parameter_count
+
+    w = torch.randn(128)
+    w[70] = float("nan")
+    with pytest.raises(ValueError, match="non-finite values \\(the first at flat index 70: nan\\)"):
+        nf4.quantize_blockwise(w)
+    with pytest.raises(ValueError, match="references is a dict, not a list: a dict would be scored by its keys"):
+        rouge(["a cat"], {"x": "a cat"})
+    with pytest.raises(ValueError, match="compare needs every ROUGE variant.*missing: \\{'a': \\['rouge2'"):
+        compare({"a": {"rouge1": 0.1}}, "a")
+    frame = pd.DataFrame({"prediction": ["one two"], "references": ["one two three four"], "dialogue": ["x"]})
+    with pytest.raises(ValueError, match="references of row 0 are a single string"):
+        length_table(frame)
+    config = course_config("HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert lora_parameter_count(config, np.int64(8), ("q_proj",)) == lora_parameter_count(config, 8, ("q_proj",))
+    assert lora_parameter_count(config, 8, ("q_proj", "q_proj")) == lora_parameter_count(config, 8, ("q_proj",))
+    with pytest.raises(ValueError, match="positive integer, got True"):
+        lora_parameter_count(config, True, ("q_proj",))
+
+
+def test_results_keep_arrays_and_small_numbers_and_name_what_they_cannot_hold(results_dir):
+    """An array of losses once failed with "can only convert an array of size 1 to a Python scalar", naming no key;
+    a learning rate of 4e-7 was saved as 0.0 (6 decimals)."""
+    import numpy as np
+    import torch
+
+    save_run(FakeRun("03_x", "03-A"), {"base": _frame(2)}, losses=np.array([2.5, 1.25]), lr=4e-7,
+             grad=torch.tensor([0.5, 0.25]), p=0.0001)
+    saved = json.loads((results_dir / "03_x.json").read_text())
+    assert saved["losses"] == [2.5, 1.25] and saved["grad"] == [0.5, 0.25] and saved["lr"] == 4e-7
+    assert saved["p"] == 0.0001
+    _raises(TypeError, lambda: save_run(FakeRun("03_x", "03-B"), {"base": _frame(2)}, seen={"tags": {"a", "b"}}),
+            "results.seen.tags is a set", "which a results file cannot hold")
+    assert load_run("03_x")[0]["run_id"] == "03-A"          # the refused save left the earlier pair as it was

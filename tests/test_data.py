@@ -1,6 +1,7 @@
 """Every loader format and every bad-input case of utils.data."""
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -106,6 +107,12 @@ def test_take_says_what_it_leaves_out(capsys):
     assert "using 4 of 10 rows" in capsys.readouterr().out
     with pytest.raises(DataError, match="empty"):
         take(df.iloc[:0], 4, "test")
+    assert len(take(df, 1000, "test")) == 10                     # fewer than asked: all, and said (it was silent)
+    assert "test: asked for 1000 rows, the split has 10: using all of them" in capsys.readouterr().out
+    for bad in (0, -1, 2.5, "5", True):                          # -1 once dropped the last row, 0 returned nothing
+        with pytest.raises(DataError, match=r"train: asked for .* rows; give a positive whole number"):
+            take(df, bad, "train")
+    assert len(take(df, np.int64(3), "train")) == 3
 
 
 # ----------------------------------------------------------------------------- DialogSum
@@ -164,8 +171,17 @@ def test_local_hub_csv_groups_the_repeated_test_dialogues(data_dir):
 def test_missing_dialogsum_split(data_dir):
     write_jsonl(data_dir / "dialogsum")
     (data_dir / "dialogsum" / "dialogsum.dev.jsonl").unlink()
-    with pytest.raises(DataError, match="no DialogSum validation file; expected dialogsum.dev.jsonl"):
+    with pytest.raises(DataError, match="no DialogSum validation file; expected dialogsum.dev.jsonl.*serves both "
+                                        "datasets.*'dialogsum/' subfolder.*online the course then downloads"):
         load_dialogsum(online=False)
+
+
+def test_course_data_dir_at_the_dialogsum_folder_itself_says_so(data_dir, monkeypatch):
+    """Pointing COURSE_DATA_DIR at dialogsum/ (one level too deep) said only that no train file was found."""
+    write_jsonl(data_dir / "dialogsum")
+    monkeypatch.setenv("COURSE_DATA_DIR", str(data_dir / "dialogsum"))
+    with pytest.raises(DataError, match="names the dialogsum folder itself; point it at the folder above it"):
+        load_dialogsum(online=True)
 
 
 def test_dialogsum_wrong_csv_columns(data_dir):

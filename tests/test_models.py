@@ -69,6 +69,13 @@ def test_online_profile_without_gpu_stops_with_what_to_do(monkeypatch):
     models.check_gpu_for(PROFILES["smoke"])                # offline: the CPU is the plan
     monkeypatch.setenv("COURSE_ALLOW_CPU", "1")
     models.check_gpu_for(PROFILES["colab"])                # asked for explicitly
+    for no in ("false", " 0 ", "No"):                      # said no: it once allowed anything but "" and "0"
+        monkeypatch.setenv("COURSE_ALLOW_CPU", no)
+        with pytest.raises(ModelAccessError, match="needs a CUDA GPU"):
+            models.check_gpu_for(PROFILES["colab"])
+    monkeypatch.setenv("COURSE_ALLOW_CPU", "maybe")
+    with pytest.raises(ValueError, match=r"COURSE_ALLOW_CPU='maybe': give 1 .* or 0"):
+        models.check_gpu_for(PROFILES["colab"])
     monkeypatch.setattr(models.torch.cuda, "is_available", lambda: True)
     monkeypatch.delenv("COURSE_ALLOW_CPU")
     models.check_gpu_for(PROFILES["colab"])

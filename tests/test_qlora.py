@@ -48,8 +48,23 @@ def test_bad_examples_are_clear_errors(tok):
         build_chat_example(tok, "  ", SUMMARY, 256)
     with pytest.raises(ValueError, match="empty summary"):
         build_chat_example(tok, DIALOGUE, None, 256)
-    with pytest.raises(ValueError, match="more than max_length"):
+    with pytest.raises(ValueError, match="more than max_length.*COURSE_OVERRIDE=<section>.max_length"):
         build_chat_example(tok, DIALOGUE, SUMMARY * 20, 40)
+
+
+def test_a_max_length_too_small_for_the_template_names_the_setting_and_the_row(tok):
+    """A max_length that fits the summary but not the chat template once said only "the chat template alone needs
+    51 tokens, more than 26", from deep inside the prompt builder: no setting, no row."""
+    import pandas as pd
+
+    from utils.qlora import tokenize_examples
+    frame = pd.DataFrame({"id": ["train_7", "train_8"], "dialogue": [DIALOGUE, DIALOGUE], "summary": ["Fine.", "Yes."]})
+    with pytest.raises(ValueError, match=r"example 0 \(id train_7\): max_length=30 is too small.*chat template alone "
+                                         r"needs \d+ tokens.*COURSE_OVERRIDE=<section>.max_length"):
+        tokenize_examples(frame, tok, 30)
+    with pytest.raises(ValueError, match=r"lack the column\(s\) \['summary'\]"):
+        tokenize_examples(frame.drop(columns="summary"), tok, 256)
+    assert len(tokenize_examples(frame, tok, 256)) == 2
 
 
 def test_pad_collator():

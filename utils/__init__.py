@@ -75,8 +75,11 @@ class Run:
         return time.perf_counter() - self.t0
 
     def save(self, **results):
-        from .results import save_results
+        from .results import ResultsError, save_results
 
+        if taken := sorted(set(results) & {"notebook", "run_id", "profile"}):   # what ties results to predictions
+            raise ResultsError(f"run.save(): {taken} name what the run records itself (the notebook, its run id, its "
+                               f"profile): give these results other names. Nothing was written.")
         payload = {"notebook": self.stem, "run_id": self.run_id, "profile": self.profile.name,
                    "device": describe_device(),
                    "cpu": cpu_model(),

@@ -262,6 +262,9 @@ def length_table(frame: pd.DataFrame) -> pd.DataFrame:
     missing = {"prediction", "references", "dialogue"} - set(frame.columns)
     if missing:
         raise ValueError(f"length_table needs column(s) {sorted(missing)}.")
+    if bad := [i for i, rs in enumerate(frame["references"]) if isinstance(rs, (str, bytes))]:
+        raise ValueError(f"length_table: the references of row {bad[0]} are a single string, not a list of "
+                         f"references (its words would be counted as characters); wrap it: [text].")
     pred = frame["prediction"].map(lambda t: len(words(t)))
     ref = frame["references"].map(lambda rs: float(np.mean([len(words(r)) for r in rs])) if len(rs) else math.nan)
     if ref.isna().any():

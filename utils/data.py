@@ -15,6 +15,7 @@ import difflib
 import hashlib
 import io
 import json
+import numbers
 import os
 import re
 import urllib.request
@@ -90,8 +91,8 @@ def describe_source(kind: str, name: str) -> str:
 
 def _read_text(path: Path) -> str:
     if not path.is_file():
-        raise DataError(f"{show(path)}: file not found. Put the file there, or unset COURSE_DATA_DIR "
-                        f"to use the course's bundled sample.")
+        raise DataError(f"{show(path)}: file not found. Put the file there, or unset COURSE_DATA_DIR (online the "
+                        f"course then downloads the real data; offline it reads its bundled sample).")
     raw = path.read_bytes()
     try:
         return raw.decode("utf-8-sig")
@@ -277,10 +278,15 @@ def balance_and_split(df: pd.DataFrame, seed: int = SEED, fractions=(0.7, 0.1)) 
 
 
 def take(split: pd.DataFrame, n: int | None, name: str, verbose: bool = True) -> pd.DataFrame:
-    """The first ``n`` rows of a split (all when ``n`` is None), saying so when rows are left out."""
+    """The first ``n`` rows of a split (all when ``n`` is None), saying so when rows are left out, or when the split
+    holds fewer than ``n`` (then all of them)."""
     if len(split) == 0:
         raise DataError(f"the {name} split is empty: nothing to train or evaluate on.")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1):
+        raise DataError(f"{name}: asked for {n!r} rows; give a positive whole number (a profile size), or None for all.")
     if n is None or n >= len(split):
+        if verbose and n is not None and n > len(split):
+            print(f"{name}: asked for {n} rows, the split has {len(split)}: using all of them")
         return split
     if verbose:
         print(f"{name}: using {n} of {len(split)} rows (profile size)")
@@ -401,8 +407,13 @@ def _local_dialogsum(folder: Path, split: str) -> tuple[list[dict], str]:
         return _read_jsonl(jsonl), show(jsonl)
     if csv_path.exists():
         return _read_csv(csv_path), show(csv_path)
+    one_up = any((folder.parent / n[split]).exists() for n in (DIALOGSUM_JSONL, DIALOGSUM_CSV))
+    hint = (f" The files are in {show(folder.parent)}: COURSE_DATA_DIR names the dialogsum folder itself; point it at "
+            f"the folder above it." if one_up else
+            f" COURSE_DATA_DIR serves both datasets: DialogSum's files go in its 'dialogsum/' subfolder (or unset "
+            f"COURSE_DATA_DIR: online the course then downloads DialogSum; offline it reads its bundled sample).")
     raise DataError(f"{show(folder)}: no DialogSum {split} file; expected {DIALOGSUM_JSONL[split]} "
-                    f"(original release) or {DIALOGSUM_CSV[split]} (hub export).")
+                    f"(original release) or {DIALOGSUM_CSV[split]} (hub export).{hint}")
 
 
 def load_dialogsum(online: bool, splits=SPLITS, verbose: bool = True) -> tuple[dict[str, pd.DataFrame], str]:

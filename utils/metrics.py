@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,9 @@ def _kind(x) -> str:
 
 
 def _as_list(items, what: str) -> list:
+    if isinstance(items, Mapping):
+        raise ValueError(f"{what} is a {type(items).__name__}, not a list: a dict would be scored by its keys. Pass "
+                         f"one entry per example, in order (e.g. list(d.values())).")
     if isinstance(items, (str, bytes)):
         raise ValueError(f"{what} is a single {type(items).__name__}, not a list of them: pass [text] for one "
                          f"example (a string would be scored character by character).")
@@ -106,6 +109,9 @@ def compare(scores: dict[str, dict[str, float]], baseline: str) -> pd.DataFrame:
     if baseline not in scores:
         raise ValueError(f"baseline {baseline!r} is not among {list(scores)}")
     base = scores[baseline]
+    if missing := {name: [k for k in ROUGE_KEYS if k not in s] for name, s in scores.items() if set(ROUGE_KEYS) - set(s)}:
+        raise ValueError(f"compare needs every ROUGE variant {list(ROUGE_KEYS)} for every model (utils.metrics.rouge "
+                         f"gives them); missing: {missing}.")
     rows = {}
     for name, s in scores.items():
         for k in ROUGE_KEYS:

@@ -187,7 +187,11 @@ def check_gpu_for(profile: Profile) -> None:
     """The GPU profiles (colab, full) fine-tune a 3B model and Flan-T5 at full size: hours on a CPU instead of
     minutes on a T4. ``utils.start()`` calls this for every notebook: stop early, with what to do, unless
     ``COURSE_ALLOW_CPU=1`` says the wait is wanted."""
-    if not profile.needs_gpu or torch.cuda.is_available() or os.environ.get("COURSE_ALLOW_CPU", "") not in ("", "0"):
+    allow = os.environ.get("COURSE_ALLOW_CPU", "").strip().lower()
+    if allow not in ("", "0", "false", "no", "1", "true", "yes"):
+        raise ValueError(f"COURSE_ALLOW_CPU={allow!r}: give 1 (run a GPU profile on the CPU anyway) or 0 (stop "
+                         f"instead), or leave it unset.")
+    if not profile.needs_gpu or torch.cuda.is_available() or allow in ("1", "true", "yes"):
         return
     raise NoGPUError(
         f"profile {profile.name!r} needs a CUDA GPU ({profile.llm_model}, {profile.t5_model} at full size), but none is "

@@ -69,6 +69,10 @@ def quantize_blockwise(w: torch.Tensor, levels: torch.Tensor | None = None, bloc
     """Absmax quantization: each block is divided by its largest |weight| (so it lies in [-1, 1]) and
     each scaled weight is replaced by the index of the nearest level (ties go to the lower level)."""
     levels = nf4_levels() if levels is None else levels
+    if not torch.isfinite(w).all():                  # one NaN or inf would turn its whole block into NaN
+        bad = torch.nonzero(~torch.isfinite(w.reshape(-1)))[0].item()
+        raise ValueError(f"the weights hold non-finite values (the first at flat index {bad}: "
+                         f"{w.reshape(-1)[bad].item()}): quantize a model whose weights are finite.")
     blocks = _blocks(w, blocksize)
     absmax = blocks.abs().amax(dim=1)
     scaled = blocks / absmax.clamp(min=torch.finfo(torch.float32).tiny)[:, None]

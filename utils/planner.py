@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 from .architectures import has_separate_head
@@ -140,13 +141,14 @@ def resolve_targets(config, targets) -> tuple[str, ...]:
     if unknown or not targets:
         raise ValueError(f"unknown or no target module(s) {unknown}; this model's Linear layers are "
                          f"{sorted(known)} (or use {ALL_LINEAR!r}).")
-    return targets
+    return tuple(dict.fromkeys(targets))            # a name given twice is one set of layers, as in PEFT
 
 
 def lora_parameter_count(config, r: int, targets=("q_proj", "v_proj")) -> int:
     """LoRA of rank ``r`` on each target: A (r x d_in) and B (d_out x r), r(d_in + d_out) per layer."""
-    if not isinstance(r, int) or r <= 0:
+    if isinstance(r, bool) or not isinstance(r, numbers.Integral) or r <= 0:
         raise ValueError(f"the LoRA rank must be a positive integer, got {r!r}")
+    r = int(r)                                       # a NumPy integer (a sweep over an array) is one too
     lin = linear_shapes(config)
     return sum(layer.count * r * (layer.d_in + layer.d_out) for t in resolve_targets(config, targets)
                for layer in lin[t])

@@ -62,9 +62,15 @@ def build_chat_example(tokenizer, dialogue: str, summary: str, max_length: int) 
     if tokenizer.eos_token_id not in answer and answer[-1] not in tokenizer.all_special_ids:
         answer.append(tokenizer.eos_token_id)
     budget = max_length - len(answer)
+    raise_it = ("Raise max_length (a profile size: COURSE_OVERRIDE=<section>.max_length=..., e.g. "
+                "qlora.max_length=384) or shorten the summary.")
     if budget <= 0:
-        raise ValueError(f"the summary alone takes {len(answer)} tokens, more than max_length={max_length}.")
-    prompt = chat_prompt_ids(tokenizer, dialogue, max_prompt_tokens=budget)
+        raise ValueError(f"the summary alone takes {len(answer)} tokens, more than max_length={max_length}. {raise_it}")
+    try:
+        prompt = chat_prompt_ids(tokenizer, dialogue, max_prompt_tokens=budget)
+    except ValueError as e:                             # even the shortest dialogue does not fit beside the summary
+        raise ValueError(f"max_length={max_length} is too small: the summary takes {len(answer)} tokens and leaves "
+                         f"{budget} for the prompt, too few: {e} {raise_it}") from None
     input_ids = prompt + answer
     return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids),
             "labels": [IGNORE_INDEX] * len(prompt) + answer}

@@ -53,8 +53,17 @@ def add_lora(model, s: LoRASettings = LoRASettings(), gradient_checkpointing: bo
 
 
 def tokenize_examples(frame, tokenizer, max_length: int) -> list[dict]:
-    """One chat-template example per (dialogue, summary) row."""
-    return [build_chat_example(tokenizer, d, s, max_length) for d, s in zip(frame["dialogue"], frame["summary"])]
+    """One chat-template example per (dialogue, summary) row; an error names the row (and its id)."""
+    if missing := [c for c in ("dialogue", "summary") if c not in frame.columns]:
+        raise ValueError(f"the examples lack the column(s) {missing} (they have {list(frame.columns)}): a training "
+                         f"split of utils.data.load_dialogsum has 'dialogue' and 'summary'.")
+    out, ids = [], frame["id"] if "id" in frame.columns else range(len(frame))
+    for i, (rid, d, s) in enumerate(zip(ids, frame["dialogue"], frame["summary"])):
+        try:
+            out.append(build_chat_example(tokenizer, d, s, max_length))
+        except ValueError as e:
+            raise ValueError(f"example {i} (id {rid}): {e}") from None
+    return out
 
 
 class PadCollator:

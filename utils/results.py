@@ -129,18 +129,26 @@ def new_run_id(stem: str = "") -> str:
     return f"{prefix}{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:6]}"
 
 
-def _clean(obj):
+def _clean(obj, key: str = "results"):
+    """JSON-ready: NaN becomes null; floats keep 6 decimals, or 6 significant digits below 0.001 (a 4e-7 rate
+    would round to 0); arrays, tensors and Series become lists; anything else JSON cannot hold is an error that
+    names its key."""
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): _clean(v, f"{key}.{k}") for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [_clean(v, f"{key}[{i}]") for i, v in enumerate(obj)]
     if isinstance(obj, float):
-        return None if math.isnan(obj) else round(obj, 6)
-    if hasattr(obj, "item"):                 # numpy / torch scalars
-        return _clean(obj.item())
+        return None if math.isnan(obj) else round(obj, 6) if abs(obj) >= 1e-3 else float(f"{obj:.6g}")
+    if getattr(obj, "ndim", None) == 0 and hasattr(obj, "item"):        # numpy / torch scalars
+        return _clean(obj.item(), key)
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):   # arrays, tensors, Series
+        return _clean(obj.tolist(), key)
     if isinstance(obj, Path):
         return obj.name
-    return obj
+    if obj is None or isinstance(obj, (str, int)):                      # bool is an int
+        return obj
+    raise TypeError(f"{key} is a {type(obj).__name__}, which a results file cannot hold: give a number, a text, a "
+                    f"list or a dict (e.g. .tolist(), .to_dict(), str()).")
 
 
 def _results_text(results: dict) -> str:
@@ -211,8 +219,14 @@ def predictions_dir(env=None) -> tuple[Path, str] | None:
     value = env.get(PREDICTIONS_DIR_ENV, "").strip()
     if not value:
         return None
+    if "$" in value or "%" in value:
+        raise ResultsError(f"{PREDICTIONS_DIR_ENV}={value!r} holds an unexpanded variable: Python does not expand it "
+                           f"(it would create a folder of that literal name). Give the path itself.")
     folder = Path(value).expanduser()
     folder = Path(os.path.normpath(folder if folder.is_absolute() else ROOT / folder))
+    if folder.exists() and not folder.is_dir():
+        raise ResultsError(f"{PREDICTIONS_DIR_ENV}={value!r} is a file, not a folder: give a folder (it is created "
+                           f"if missing).")
     if folder.is_relative_to(COLAB_DRIVE) and not os.path.ismount(COLAB_DRIVE):
         raise ResultsError(f"{PREDICTIONS_DIR_ENV}={value!r} is on Google Drive, but Drive is not mounted: the files "
                            f"would land on this VM's own disk and vanish with it. Mount it first, "
