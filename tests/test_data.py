@@ -93,6 +93,8 @@ def test_balance_and_split_refuses_other_columns_and_labels():
         balance_and_split(pd.DataFrame({"label": ["ham", "spam"]}))
     with pytest.raises(DataError, match=r"labels must be 'ham' or 'spam'.*\['0', '1'\]"):
         balance_and_split(pd.DataFrame({"label": [0, 1, 1], "text": ["a", "b", "c"]}))
+    with pytest.raises(DataError, match="2 spam against 1 ham: balancing undersamples ham"):   # was pandas' own error
+        balance_and_split(pd.DataFrame({"label": ["ham", "spam", "spam"], "text": ["a", "b", "c"]}))
 
 
 def test_empty_split_is_an_error():

@@ -60,6 +60,21 @@ def test_course_llm_overrides_the_profile(monkeypatch):
     assert models.llm_name_or_path(PROFILES["colab"]) == LLAMA
 
 
+def test_a_course_llm_that_cannot_load_is_named_at_once(monkeypatch, tmp_path):
+    """A mistyped folder once reached transformers as a repo id ("HFValidationError: Repo id must be in the form
+    'repo_name'"), and a hub id on an offline profile failed only at the download; both now name COURSE_LLM."""
+    from utils.profiles import PROFILES
+    monkeypatch.setenv("COURSE_LLM", "/content/drive/MyDrive/my-model")
+    with pytest.raises(ModelAccessError, match=r"COURSE_LLM='/content/drive/MyDrive/my-model': no such folder"):
+        models.llm_name_or_path(PROFILES["colab"])
+    monkeypatch.setenv("COURSE_LLM", LLAMA)
+    with pytest.raises(ModelAccessError, match=r"profile 'smoke' is offline, so a hub id cannot be downloaded"):
+        models.llm_name_or_path(PROFILES["smoke"])
+    (tmp_path / "m").mkdir()
+    monkeypatch.setenv("COURSE_LLM", str(tmp_path / "m"))
+    assert models.llm_name_or_path(PROFILES["smoke"]) == str(tmp_path / "m")
+
+
 def test_online_profile_without_gpu_stops_with_what_to_do(monkeypatch):
     from utils.profiles import PROFILES
     monkeypatch.setattr(models.torch.cuda, "is_available", lambda: False)

@@ -263,7 +263,10 @@ def balance_and_split(df: pd.DataFrame, seed: int = SEED, fractions=(0.7, 0.1)) 
     if unknown := sorted({str(x) for x in df["label"]} - {"ham", "spam"}):
         raise DataError(f"labels must be 'ham' or 'spam' (as `parse_sms_collection` writes them); found "
                         f"{unknown[:5]}{' ...' if len(unknown) > 5 else ''}: map them, or those rows would be dropped.")
-    n_spam = int((df["label"] == "spam").sum())
+    n_spam, n_ham = int((df["label"] == "spam").sum()), int((df["label"] == "ham").sum())
+    if n_spam > n_ham:
+        raise DataError(f"{n_spam} spam against {n_ham} ham: balancing undersamples ham to the number of spam, so it "
+                        f"needs at least as many ham messages (the real collection has 4,827 ham, 747 spam).")
     ham = df[df["label"] == "ham"].sample(n_spam, random_state=seed)
     balanced = pd.concat([ham, df[df["label"] == "spam"]]).sample(frac=1, random_state=seed)
     balanced = balanced.assign(label=(balanced["label"] == "spam").astype(int)).reset_index(drop=True)

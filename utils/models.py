@@ -364,6 +364,14 @@ def llm_name_or_path(profile: Profile) -> str:
     """The LLM of this profile: COURSE_LLM overrides (e.g. the ungated fallback); offline, SmolLM2."""
     chosen = os.environ.get("COURSE_LLM", "").strip()
     if chosen:
+        local = Path(chosen).expanduser()
+        if local.is_dir():
+            return str(local)
+        looks_local = chosen.startswith(("/", ".", "~")) or chosen.count("/") != 1 or "\\" in chosen
+        if looks_local or not profile.online:
+            where = "no such folder" if looks_local else f"profile {profile.name!r} is offline, so a hub id cannot be downloaded"
+            raise ModelAccessError(f"COURSE_LLM={chosen!r}: {where}. Give a folder holding a saved model "
+                                   f"(save_pretrained), or, online, a hub id such as {profile.llm_fallback!r}; or unset it.")
         return chosen
     if not profile.online:
         return str(smollm2_checkpoint())
