@@ -369,7 +369,8 @@ def llm_name_or_path(profile: Profile) -> str:
             return str(local)
         looks_local = chosen.startswith(("/", ".", "~")) or chosen.count("/") != 1 or "\\" in chosen
         if looks_local or not profile.online:
-            where = "no such folder" if looks_local else f"profile {profile.name!r} is offline, so a hub id cannot be downloaded"
+            where = ("no such folder" if looks_local else
+                     f"profile {profile.name!r} is offline, so a hub id cannot be downloaded")
             raise ModelAccessError(f"COURSE_LLM={chosen!r}: {where}. Give a folder holding a saved model "
                                    f"(save_pretrained), or, online, a hub id such as {profile.llm_fallback!r}; or unset it.")
         return chosen
