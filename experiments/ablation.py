@@ -17,7 +17,7 @@ model, which dequantizes every weight at every matmul; the LoRA arithmetic compa
 * one configuration repeated with another seed (initialisation, dropout and data order): the noise floor.
 
 Every configuration trains on the same dialogues in the same order (except the seed repeat), with the same
-learning rate and steps, and is scored by its mean loss per summary token on held-out dialogues (the
+learning rate (except the rate check) and steps, and is scored by its mean loss per summary token on held-out dialogues (the
 validation split, never trained on). A difference is reported as a finding only when it
 exceeds the seed noise floor by the margin of :data:`NOISE_MARGIN`, its paired
 bootstrap interval over the held-out dialogues excludes zero, and its paired sign-flip p-value, Holm-adjusted

@@ -220,3 +220,18 @@ def test_dialogsum_empty_dialogue(data_dir):
         f.write(json.dumps({"fname": "x", "dialogue": "  ", "summary": "s", "topic": "t"}) + "\n")
     with pytest.raises(DataError, match="row 6: empty dialogue"):
         load_dialogsum(online=False)
+
+
+def test_unicode_line_separators_inside_a_line_do_not_split_it(tmp_path, data_dir):
+    """str.splitlines() also splits at U+2028, U+0085 and form feeds: a message holding one was cut in two ("found
+    no tab"), and a JSONL line written with ensure_ascii=False became "Unterminated string"."""
+    path = tmp_path / "SMSSpamCollection"
+    write_sms(path, SMS + ["ham\tline one\u2028line two\x0cpage"], encoding="utf-8")
+    df = parse_sms_collection(path, verbose=False)
+    assert len(df) == len(SMS) + 1 and df["text"].iloc[-1] == "line one\u2028line two\x0cpage"
+    write_jsonl(data_dir / "dialogsum")
+    train = data_dir / "dialogsum" / "dialogsum.train.jsonl"
+    row = {"fname": "train_9", "dialogue": "#Person1#: Hi\u2028there.\n#Person2#: Hello.", "summary": "A greeting."}
+    train.write_text(train.read_text() + json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
+    splits, _ = load_dialogsum(online=False, splits=("train",), verbose=False)
+    assert len(splits["train"]) == 6 and "\u2028" in splits["train"]["dialogue"].iloc[-1]

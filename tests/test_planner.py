@@ -1,4 +1,6 @@
 """The memory planner (utils/planner.py): formula counts equal instantiated models, to the parameter."""
+import re
+
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
@@ -173,6 +175,11 @@ def test_bad_input_is_a_clear_error():
         Plan(method="prefix")
     with pytest.raises(ValueError, match="positive"):
         Plan(seq_len=0)
+    for bad, words in (({"batch_size": 1.5}, "positive whole numbers, got {'batch_size': 1.5}"),
+                       ({"r": -1}, "got {'r': -1}"), ({"weight_bytes": 0}, "bytes per number must be positive"),
+                       ({"gradient_checkpointing": "no"}, "take True or False")):   # "no" once counted as True
+        with pytest.raises(ValueError, match=re.escape(words)):
+            Plan(**bad)
     with pytest.raises(ValueError, match="Llama-family"):
         estimate_memory(course_config("google/flan-t5-base"), Plan(targets=("q", "v")))
     with pytest.raises(ValueError, match="planner knows"):

@@ -103,6 +103,13 @@ def _read_text(path: Path) -> str:
 
 # ----------------------------------------------------------------------------- SMS spam
 
+def _lines(text: str) -> list[str]:
+    """Lines split at \\n, \\r\\n or \\r only: ``str.splitlines`` also splits at U+2028, U+0085 and form feeds, which
+    may sit inside a message or a JSON string."""
+    lines = re.split(r"\r\n|\r|\n", text)
+    return lines[:-1] if lines and lines[-1] == "" else lines
+
+
 def parse_sms_collection(path: Path, verbose: bool = True) -> pd.DataFrame:
     """Read a file in the SMS Spam Collection format: ``label<TAB>text`` per line, header optional.
 
@@ -110,7 +117,7 @@ def parse_sms_collection(path: Path, verbose: bool = True) -> pd.DataFrame:
     other unknown label is an error (a typo such as ``hamm`` is not taken for a header and dropped)."""
     text = _read_text(path)
     rows, empty, no_text, header = [], 0, 0, None
-    for i, line in enumerate(text.splitlines(), start=1):
+    for i, line in enumerate(_lines(text), start=1):
         if not line.strip():
             empty += 1
             continue
@@ -373,7 +380,7 @@ _SUMMARY_KEYS = ("summary", "summary1")
 
 def _read_jsonl(path: Path) -> list[dict]:
     rows = []
-    for i, line in enumerate(_read_text(path).splitlines(), start=1):
+    for i, line in enumerate(_lines(_read_text(path)), start=1):
         if not line.strip():
             continue
         try:

@@ -188,8 +188,16 @@ class Plan:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.optimizer not in OPTIMIZER_BYTES:
             raise ValueError(f"optimizer must be one of {sorted(OPTIMIZER_BYTES)}, got {self.optimizer!r}")
-        if self.batch_size <= 0 or self.seq_len <= 0:
-            raise ValueError(f"batch_size and seq_len must be positive, got {self.batch_size} x {self.seq_len}")
+        whole = {"batch_size": self.batch_size, "seq_len": self.seq_len, "r": self.r}
+        if bad := {k: v for k, v in whole.items() if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0}:
+            raise ValueError(f"batch_size, seq_len and r must be positive whole numbers, got {bad}")
+        if bad := {k: v for k, v in {"weight_bytes": self.weight_bytes, "activation_bytes": self.activation_bytes}.items()
+                   if isinstance(v, bool) or not isinstance(v, numbers.Real) or v <= 0}:
+            raise ValueError(f"bytes per number must be positive (2 for fp16/bf16, 4 for fp32), got {bad}")
+        if bad := {k: v for k, v in {"gradient_checkpointing": self.gradient_checkpointing,
+                                     "lora_dropout": self.lora_dropout,
+                                     "attention_scores": self.attention_scores}.items() if not isinstance(v, bool)}:
+            raise ValueError(f"these switches take True or False, got {bad} (a text such as 'no' would count as True)")
 
 
 def activation_elements_per_token(config, plan: Plan) -> float:
