@@ -122,7 +122,7 @@ def test_the_committed_verdicts_follow_the_rule_from_the_committed_losses():
 def test_rejudge_of_a_file_finished_early_judges_the_questions_it_can(tmp_path):
     from experiments.ablation import rejudge
     committed = load_ablation(RESULTS_DIR / "ablation.json")
-    keep = ("attention-r16", "attention-r16-seed2", "attention-r16-alpha16")          # --finish before the rest
+    keep = ("attention-r16", "attention-r16-seed2", "attention-r16-seed3", "attention-r16-alpha16")   # --finish early
     path = tmp_path / "ablation.json"
     path.write_text(json.dumps(committed | {"configs": {k: committed["configs"][k] for k in keep}}))
     again = rejudge(path)
@@ -202,3 +202,13 @@ def test_a_verdict_reports_the_difference_inside_its_own_interval():
     a = rng.normal(2.0, 0.2, 40)
     v = judge({"a": a, "b": a - 0.1 + rng.normal(0, 0.01, 40)}, "a", "b", noise_floor=0.01)
     assert v.low <= v.difference <= v.high and v.difference > 0 and v.resolved
+
+
+def test_the_noise_floor_is_the_largest_gap_between_the_seeds():
+    """Three seeds of the reference: the floor is the widest pair (a second seed alone once gave 0.0016 where the
+    third showed 0.013); with two (an ablation finished early), the one gap there is."""
+    from experiments.ablation import SEEDS, summarise
+    runs = {n: {"held_out_loss": x, "held_out_per_dialogue": [x, x]} for n, x in zip(SEEDS, (1.447, 1.445, 1.434))}
+    noise = summarise(runs, [])["noise"]
+    assert noise["seeds"] == list(SEEDS) and noise["floor"] == pytest.approx(0.013)
+    assert summarise({n: runs[n] for n in SEEDS[:2]}, [])["noise"]["floor"] == pytest.approx(0.002)

@@ -124,7 +124,7 @@ def load_ablation(path) -> dict:
     from pathlib import Path
 
     path = Path(path)
-    redo = "Run `make experiments-ablation` (about 8.5 minutes on 2 idle CPU cores) to write it."
+    redo = "Run `make experiments-ablation` (about 9.5 minutes on 2 idle CPU cores) to write it."
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing. {redo}")
     try:
@@ -132,6 +132,7 @@ def load_ablation(path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is damaged (not valid JSON: {e}). {redo}") from None
     missing = {"provenance", "configs", "base", "noise", "reproduce"} - set(data)
+    missing |= {"noise.seeds"} if "noise" in data and "seeds" not in data["noise"] else set()
     if missing:
         raise ValueError(f"{path} lacks {sorted(missing)}: it was written by another version of the program. {redo}")
     return data
@@ -147,7 +148,7 @@ def ablation_figure(ablation: dict, title: str):
     kinds = {"attention": ("o", COLORS["qlora"], "LoRA on q, k, v, o"),
              "all-linear": ("^", COLORS["full"], "LoRA on every linear layer")}
     fig, ax = plt.subplots(figsize=(8.5, 4.4))
-    ref, band = configs[noise["pair"][0]]["held_out_loss"], noise["margin"] * noise["floor"]
+    ref, band = configs[noise["seeds"][0]]["held_out_loss"], noise["margin"] * noise["floor"]
     ax.axhspan(ref - band, ref + band, color="#dddddd", label=f"reference ± {noise['margin']:g} x seed noise")
     order = sorted(configs, key=lambda n: configs[n]["held_out_loss"])
     losses = [configs[n]["held_out_loss"] for n in order]
