@@ -265,8 +265,8 @@ def prepare(plan: Plan, verbose: bool = True) -> Prepared:
     from tqdm.auto import tqdm
     from transformers import AutoTokenizer
 
-    from utils.models import (check_gpu_for, check_llm_access, check_peft_can_inject, hf_token, llm_display_name,
-                              llm_name_or_path)
+    from utils.models import (check_gpu_for, check_llm_access, check_model_source, check_peft_can_inject, hf_token,
+                              llm_display_name, llm_name_or_path)
     from utils.qlora import tokenize_examples
 
     cfg, sizes = plan.cfg, plan.sizes
@@ -301,34 +301,6 @@ def prepare(plan: Plan, verbose: bool = True) -> Prepared:
     for ex, i in zip(examples, train_df["id"]):
         ex["id"] = str(i)                                  # not used by the padding; recorded for the report
     return Prepared(model_path, llm_display_name(model_path), token, source, examples, eval_df, data_sha, data_where)
-
-
-def check_model_source(name_or_path: str, setting: str, online: bool) -> None:
-    """A model folder must hold a config and a tokenizer; a name that is no folder here must be a hub id that
-    can be reached (online) or is in the local hub cache (offline). ``setting``: where the name came from."""
-    from huggingface_hub import try_to_load_from_cache
-
-    p = Path(name_or_path).expanduser()
-    where = f"{setting}={name_or_path!r}"
-    if p.exists():
-        if not p.is_dir():
-            raise ConfigError(f"{where} is a file, not a model folder. Point it at the folder save_pretrained wrote "
-                              f"(config.json, weights, tokenizer), or at a hub id.")
-        if not (p / "config.json").is_file():
-            raise ConfigError(f"{where} is a folder but not a model (no config.json in it). Point it at the folder "
-                              f"save_pretrained wrote, or at a hub id such as Qwen/Qwen2.5-3B-Instruct.")
-        if not any((p / n).is_file() for n in ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")):
-            raise ConfigError(f"{where} holds a model but no tokenizer (tokenizer.json / tokenizer.model). Save the "
-                              f"tokenizer there too (tokenizer.save_pretrained(folder)).")
-        return
-    looks_like_path = name_or_path.startswith(("/", ".", "~")) or "\\" in name_or_path or name_or_path.count("/") > 1
-    if looks_like_path:
-        raise ConfigError(f"{where}: no such folder (read from {Path.cwd()}). Check the path, or give a hub id "
-                          f"(organisation/name).")
-    if not online and not isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
-        raise ConfigError(f"{where} is not a folder here, and this profile is offline (no hub): it cannot be "
-                          f"downloaded. Point {setting} at a local model folder, or leave it unset for the offline "
-                          f"model (SmolLM2-135M-Instruct).")
 
 
 def build_trainer(plan: Plan, model, tok, examples: list[dict], fsdp: bool):

@@ -832,3 +832,10 @@ def test_results_keep_arrays_and_small_numbers_and_name_what_they_cannot_hold(re
     _raises(TypeError, lambda: save_run(FakeRun("03_x", "03-B"), {"base": _frame(2)}, seen={"tags": {"a", "b"}}),
             "results.seen.tags is a set", "which a results file cannot hold")
     assert load_run("03_x")[0]["run_id"] == "03-A"          # the refused save left the earlier pair as it was
+
+
+def test_a_prediction_holding_a_unicode_line_separator_reads_back(results_dir):
+    """Predictions are written with ensure_ascii=False, so a model's U+2028 stays raw in the file; reading split at
+    it (str.splitlines) and called the line "not valid JSON"."""
+    save_run(FakeRun("03_x", "03-A"), {"base": _frame(2, "first line\u2028second line")}, rouge=0.5)
+    assert load_run("03_x")[1]["prediction"].tolist() == ["first line\u2028second line"] * 2

@@ -68,9 +68,11 @@ def test_a_course_llm_that_cannot_load_is_named_at_once(monkeypatch, tmp_path):
     with pytest.raises(ModelAccessError, match=r"COURSE_LLM='/content/drive/MyDrive/my-model': no such folder"):
         models.llm_name_or_path(PROFILES["colab"])
     monkeypatch.setenv("COURSE_LLM", LLAMA)
-    with pytest.raises(ModelAccessError, match=r"profile 'smoke' is offline, so a hub id cannot be downloaded"):
+    with pytest.raises(ModelAccessError, match=r"not a folder here, and this profile is offline .*cannot be downloaded"):
         models.llm_name_or_path(PROFILES["smoke"])
     (tmp_path / "m").mkdir()
+    for name in ("config.json", "tokenizer.json"):                 # the same check as the fine-tuning script's
+        (tmp_path / "m" / name).write_text("{}")
     monkeypatch.setenv("COURSE_LLM", str(tmp_path / "m"))
     assert models.llm_name_or_path(PROFILES["smoke"]) == str(tmp_path / "m")
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from .paths import CACHE_DIR, DATA_DIR, ROOT, SEED, show
-from .results import atomic_file, atomic_write_text
+from .results import atomic_file, atomic_write_text, split_lines
 
 # COURSE_SMS_URL: a mirror of the same zip (the tests serve one on 127.0.0.1)
 SMS_URL = os.environ.get("COURSE_SMS_URL", "").strip() or "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip"
@@ -103,13 +103,6 @@ def _read_text(path: Path) -> str:
 
 # ----------------------------------------------------------------------------- SMS spam
 
-def _lines(text: str) -> list[str]:
-    """Lines split at \\n, \\r\\n or \\r only: ``str.splitlines`` also splits at U+2028, U+0085 and form feeds, which
-    may sit inside a message or a JSON string."""
-    lines = re.split(r"\r\n|\r|\n", text)
-    return lines[:-1] if lines and lines[-1] == "" else lines
-
-
 def parse_sms_collection(path: Path, verbose: bool = True) -> pd.DataFrame:
     """Read a file in the SMS Spam Collection format: ``label<TAB>text`` per line, header optional.
 
@@ -117,7 +110,7 @@ def parse_sms_collection(path: Path, verbose: bool = True) -> pd.DataFrame:
     other unknown label is an error (a typo such as ``hamm`` is not taken for a header and dropped)."""
     text = _read_text(path)
     rows, empty, no_text, header = [], 0, 0, None
-    for i, line in enumerate(_lines(text), start=1):
+    for i, line in enumerate(split_lines(text), start=1):
         if not line.strip():
             empty += 1
             continue
@@ -380,7 +373,7 @@ _SUMMARY_KEYS = ("summary", "summary1")
 
 def _read_jsonl(path: Path) -> list[dict]:
     rows = []
-    for i, line in enumerate(_lines(_read_text(path)), start=1):
+    for i, line in enumerate(split_lines(_read_text(path)), start=1):
         if not line.strip():
             continue
         try:

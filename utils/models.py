@@ -360,20 +360,40 @@ def check_fp16_forward(model, tokenizer, name: str) -> None:
             f"run it, then re-run from section 1 down; in a shell, export it), or use another model (COURSE_LLM).")
 
 
+def check_model_source(name_or_path: str, setting: str, online: bool) -> None:
+    """A model folder must hold a config and a tokenizer; a name that is no folder here must be a hub id that
+    can be reached (online) or is in the local hub cache (offline). ``setting``: where the name came from."""
+    from huggingface_hub import try_to_load_from_cache
+
+    p = Path(name_or_path).expanduser()
+    where = f"{setting}={name_or_path!r}"
+    if p.exists():
+        if not p.is_dir():
+            raise ModelAccessError(f"{where} is a file, not a model folder. Point it at the folder save_pretrained wrote "
+                              f"(config.json, weights, tokenizer), or at a hub id.")
+        if not (p / "config.json").is_file():
+            raise ModelAccessError(f"{where} is a folder but not a model (no config.json in it). Point it at the folder "
+                              f"save_pretrained wrote, or at a hub id such as Qwen/Qwen2.5-3B-Instruct.")
+        if not any((p / n).is_file() for n in ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")):
+            raise ModelAccessError(f"{where} holds a model but no tokenizer (tokenizer.json / tokenizer.model). Save the "
+                              f"tokenizer there too (tokenizer.save_pretrained(folder)).")
+        return
+    looks_like_path = name_or_path.startswith(("/", ".", "~")) or "\\" in name_or_path or name_or_path.count("/") > 1
+    if looks_like_path:
+        raise ModelAccessError(f"{where}: no such folder (read from {Path.cwd()}). Check the path, or give a hub id "
+                          f"(organisation/name).")
+    if not online and not isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
+        raise ModelAccessError(f"{where} is not a folder here, and this profile is offline (no hub): it cannot be "
+                          f"downloaded. Point {setting} at a local model folder, or leave it unset for the offline "
+                          f"model (SmolLM2-135M-Instruct).")
+
+
 def llm_name_or_path(profile: Profile) -> str:
     """The LLM of this profile: COURSE_LLM overrides (e.g. the ungated fallback); offline, SmolLM2."""
     chosen = os.environ.get("COURSE_LLM", "").strip()
     if chosen:
-        local = Path(chosen).expanduser()
-        if local.is_dir():
-            return str(local)
-        looks_local = chosen.startswith(("/", ".", "~")) or chosen.count("/") != 1 or "\\" in chosen
-        if looks_local or not profile.online:
-            where = ("no such folder" if looks_local else
-                     f"profile {profile.name!r} is offline, so a hub id cannot be downloaded")
-            raise ModelAccessError(f"COURSE_LLM={chosen!r}: {where}. Give a folder holding a saved model "
-                                   f"(save_pretrained), or, online, a hub id such as {profile.llm_fallback!r}; or unset it.")
-        return chosen
+        check_model_source(chosen, "COURSE_LLM", profile.online)   # a missing folder, or a hub id offline: said now
+        return str(Path(chosen).expanduser()) if Path(chosen).expanduser().is_dir() else chosen
     if not profile.online:
         return str(smollm2_checkpoint())
     return profile.llm_model

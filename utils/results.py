@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -127,6 +128,13 @@ def new_run_id(stem: str = "") -> str:
     """A fresh id per execution of a notebook: ``<stem prefix>-<UTC time>-<random>``."""
     prefix = f"{stem.split('_')[0]}-" if stem else ""
     return f"{prefix}{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:6]}"
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines split at \\n, \\r\\n or \\r only: ``str.splitlines`` also splits at U+2028, U+0085 and form feeds, which
+    may sit inside a message or a JSON string."""
+    lines = re.split(r"\r\n|\r|\n", text)
+    return lines[:-1] if lines and lines[-1] == "" else lines
 
 
 def _clean(obj, key: str = "results"):
@@ -276,7 +284,7 @@ def load_predictions(stem: str, folder: os.PathLike | str | None = None) -> pd.D
     if not text.endswith("\n"):
         raise ResultsError(f"{show(path)} does not end with a line break: it was cut short. {redo}")
     rows = []
-    for i, line in enumerate(text.splitlines(), start=1):
+    for i, line in enumerate(split_lines(text), start=1):       # a prediction may hold U+2028 (ensure_ascii=False)
         if not line.strip():
             continue
         try:
