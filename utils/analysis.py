@@ -269,6 +269,9 @@ def length_table(frame: pd.DataFrame) -> pd.DataFrame:
     ref = frame["references"].map(lambda rs: float(np.mean([len(words(r)) for r in rs])) if len(rs) else math.nan)
     if ref.isna().any():
         raise ValueError("a dialogue has no reference summary: length ratios need at least one.")
+    if (ref == 0).any():
+        raise ValueError(f"the references of row {int(np.flatnonzero(ref.to_numpy() == 0)[0])} hold no word (only "
+                         f"punctuation or spaces): a length ratio needs words. Fix or drop that reference.")
     return pd.DataFrame({"prediction words": pred.to_numpy(), "reference words": ref.to_numpy(),
                          "length ratio": (pred / ref).to_numpy(),
                          "copied bigrams": [copy_fraction(p, d) for p, d in zip(frame["prediction"], frame["dialogue"])]},
@@ -281,6 +284,9 @@ def align_models(predictions: pd.DataFrame) -> dict[str, pd.DataFrame]:
     missing = {"model", "id", "dialogue", "references", "prediction"} - set(predictions.columns)
     if missing:
         raise ValueError(f"predictions lack column(s) {sorted(missing)}.")
+    if predictions["model"].isna().any():
+        raise ValueError(f"{int(predictions['model'].isna().sum())} prediction(s) name no model: re-run the notebook "
+                         f"that wrote them.")
     out, order = {}, None
     for name, df in predictions.groupby("model", sort=False):
         if df["id"].duplicated().any():

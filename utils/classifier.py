@@ -136,5 +136,7 @@ def predict(model: nn.Module, df: pd.DataFrame, tokenizer, max_length: int, batc
 
 def accuracy(model: nn.Module, df: pd.DataFrame, tokenizer, max_length: int, batch_size: int = 16,
              device=None) -> float:
+    if len(df) == 0:
+        raise ValueError("accuracy of no messages: the split is empty (check the data and the profile's sizes).")
     preds = predict(model, df, tokenizer, max_length, batch_size, device)
     return (preds == torch.tensor(df["label"].values)).float().mean().item()

@@ -38,17 +38,14 @@ def dir_size_mb(path: os.PathLike | str) -> float:
 
 
 def checkpoint_size_mb(model, path) -> float:
-    """``save_pretrained`` into a fresh ``path`` and return its size on disk in MB (2^20 bytes). A PEFT
-    model saves its adapter only; a plain model saves every weight."""
-    import shutil
-
+    """``save_pretrained`` into a fresh ``path`` (written beside it, then moved in: an interrupted save leaves the
+    previous checkpoint) and return its size on disk in MB (2^20 bytes). A PEFT model saves its adapter only; a
+    plain model saves every weight."""
     from .models import quiet_transformers
+    from .results import atomic_folder
 
-    path = Path(path)
-    if path.exists():
-        shutil.rmtree(path)
-    with quiet_transformers():
-        model.save_pretrained(path)
+    with quiet_transformers(), atomic_folder(path) as tmp:
+        model.save_pretrained(tmp)
     return dir_size_mb(path)
 
 

@@ -7,6 +7,7 @@ transformers dequantize it once, and cache a normal checkpoint folder (outside g
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib.util
 import os
 from pathlib import Path
@@ -26,12 +27,17 @@ class ModelAccessError(RuntimeError):
 
 @contextlib.contextmanager
 def quiet_transformers():
-    """Silence transformers' progress bars and warnings for a block (loading and saving checkpoints)."""
+    """Silence transformers' progress bars and warnings for a block (loading and saving checkpoints). Downloads keep
+    their progress bars: a 3B model takes minutes to arrive on Colab, and a silent cell looks stuck."""
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
     from transformers.utils import logging as hf_logging
 
     level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    downloads = not are_progress_bars_disabled()
     hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()         # transformers' bars and huggingface_hub's
+    if downloads:
+        enable_progress_bars()                # huggingface_hub's again
     try:
         yield
     finally:
@@ -166,9 +172,14 @@ def check_llm_access(model_id: str, fallback: str, token: str | None) -> None:
            f"llm_name_or_path) down; in a shell: `export COURSE_LLM={fallback}`, then run the command again.")
     try:
         hf_hub_download(model_id, "config.json", token=token)
-    except (GatedRepoError, RepositoryNotFoundError) as e:
+    except GatedRepoError as e:
         state = "no token was found" if not token else "the token has no access to it"
         raise ModelAccessError(f"{model_id} is gated and {state} ({type(e).__name__}). {how}") from None
+    except RepositoryNotFoundError:         # no such repository, or a private one this token cannot see
+        who = "this token" if token else "anyone without a token"
+        raise ModelAccessError(f"the hub has no model {model_id!r} that {who} can see: check the name "
+                               f"(organisation/name), or, if you meant a folder on this machine, give its path (a relative one is read from {Path.cwd()}). A private "
+                               f"model needs a token with access (HF_TOKEN).") from None
     except (HfHubHTTPError, LocalEntryNotFoundError) as e:   # 401: a mistyped, revoked or expired token; 403: one
         http = e if isinstance(e, HfHubHTTPError) else e.__cause__  # without read access, which hf_hub_download
         status = getattr(getattr(http, "response", None), "status_code", None)  # reports as "check your connection"
@@ -332,10 +343,19 @@ def load_causal_lm_4bit(name_or_path: str | os.PathLike, token: str | None = Non
         device_map={"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"})
     keep_4bit_trainable(model)
     tok = AutoTokenizer.from_pretrained(name_or_path, token=token)
-    if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
-        tok.pad_token = tok.eos_token if tok.pad_token is None else tok.pad_token
+    if tok.pad_token is None:             # padding is masked by length (PadCollator), so pad = eos masks no eos
+        tok.pad_token = tok.eos_token
+    overflow = None
     if dtype == torch.float16:
-        check_fp16_forward(model, tok, llm_display_name(str(name_or_path)))
+        try:
+            check_fp16_forward(model, tok, llm_display_name(str(name_or_path)))
+        except FloatingPointError as e:   # raised again below, without the frames that hold the model: the retry
+            overflow = str(e)             # (COURSE_MIXED_PRECISION=no) then finds the GPU's memory free
+    if overflow:
+        del model
+        gc.collect()
+        torch.cuda.empty_cache()
+        raise FloatingPointError(overflow)
     return model, tok
 
 

@@ -9,7 +9,8 @@ DATA_DIR = ROOT / "data"
 IMG_DIR = ROOT / "img"
 RESULTS_DIR = ROOT / "results"
 # Converted checkpoints, downloads and trained adapters: outside git, reused between runs.
-CACHE_DIR = Path(os.environ.get("COURSE_CACHE_DIR", ROOT / ".cache"))
+# COURSE_CACHE_DIR: ~ expanded, a relative path read from the course root (as COURSE_DATA_DIR), wherever a notebook runs
+CACHE_DIR = ROOT / Path(os.environ.get("COURSE_CACHE_DIR", "").strip() or ".cache").expanduser()
 SEED = 42
 
 

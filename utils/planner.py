@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 
@@ -192,8 +193,8 @@ class Plan:
         if bad := {k: v for k, v in whole.items() if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0}:
             raise ValueError(f"batch_size, seq_len and r must be positive whole numbers, got {bad}")
         if bad := {k: v for k, v in {"weight_bytes": self.weight_bytes, "activation_bytes": self.activation_bytes}.items()
-                   if isinstance(v, bool) or not isinstance(v, numbers.Real) or v <= 0}:
-            raise ValueError(f"bytes per number must be positive (2 for fp16/bf16, 4 for fp32), got {bad}")
+                   if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 < v < math.inf}:
+            raise ValueError(f"bytes per number must be positive and finite (2 for fp16/bf16, 4 for fp32), got {bad}")
         if bad := {k: v for k, v in {"gradient_checkpointing": self.gradient_checkpointing,
                                      "lora_dropout": self.lora_dropout,
                                      "attention_scores": self.attention_scores}.items() if not isinstance(v, bool)}:

@@ -57,10 +57,9 @@ def build_chat_example(tokenizer, dialogue: str, summary: str, max_length: int) 
     answer = full[len(prompt):]
     if full[: len(prompt)] != prompt or not answer:
         raise ValueError("the chat template does not extend the prompt with the answer; check the tokenizer.")
-    while answer and answer[-1] not in tokenizer.all_special_ids:   # e.g. a trailing newline after <|im_end|>
-        answer = answer[:-1]
-    if tokenizer.eos_token_id not in answer and answer[-1] not in tokenizer.all_special_ids:
-        answer.append(tokenizer.eos_token_id)
+    ends = [i for i, t in enumerate(answer) if t in set(tokenizer.all_special_ids)]
+    # cut what follows the end-of-turn token (a newline after <|im_end|>); a template without one gets EOS to stop on
+    answer = answer[: ends[-1] + 1] if ends else answer + [tokenizer.eos_token_id]
     budget = max_length - len(answer)
     raise_it = ("Raise max_length (a profile size: COURSE_OVERRIDE=<section>.max_length=..., e.g. "
                 "qlora.max_length=384) or shorten the summary.")

@@ -68,12 +68,13 @@ def atomic_file(path: os.PathLike | str, mode: str = "w", encoding: str | None =
     """Open a temporary file beside ``path`` for writing; on a clean exit flush it to disk and move it onto
     ``path`` (``os.replace``, atomic on POSIX and Windows). On an error the temporary file is removed and
     ``path`` keeps its previous content; a killed process leaves only a hidden ``.<name>.tmp-*`` file,
-    which no reader looks at."""
+    which no reader looks at. Text is written with ``\n`` line ends on every system (Windows would write ``\r\n``,
+    and a predictions file's recorded checksum would no longer match it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(path)
     tmp = _tmp_name(path)
-    f = open(tmp, mode, encoding=encoding if "b" not in mode else None)
+    f = open(tmp, mode, **({} if "b" in mode else {"encoding": encoding, "newline": "\n"}))
     try:
         yield f
         f.flush()
@@ -138,15 +139,18 @@ def split_lines(text: str) -> list[str]:
 
 
 def _clean(obj, key: str = "results"):
-    """JSON-ready: NaN becomes null; floats keep 6 decimals, or 6 significant digits below 0.001 (a 4e-7 rate
+    """JSON-ready: NaN and infinities become null (standard JSON has neither); floats keep 6 decimals, or 6 significant digits below 0.001 (a 4e-7 rate
     would round to 0); arrays, tensors and Series become lists; anything else JSON cannot hold is an error that
     names its key."""
     if isinstance(obj, dict):
+        if len({str(k) for k in obj}) < len(obj):
+            raise ValueError(f"{key} has keys that read the same as text ({sorted(map(repr, obj))[:6]}): one would "
+                             f"overwrite the other in the file. Give them distinct names.")
         return {str(k): _clean(v, f"{key}.{k}") for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_clean(v, f"{key}[{i}]") for i, v in enumerate(obj)]
     if isinstance(obj, float):
-        return None if math.isnan(obj) else round(obj, 6) if abs(obj) >= 1e-3 else float(f"{obj:.6g}")
+        return None if not math.isfinite(obj) else round(obj, 6) if abs(obj) >= 1e-3 else float(f"{obj:.6g}")
     if getattr(obj, "ndim", None) == 0 and hasattr(obj, "item"):        # numpy / torch scalars
         return _clean(obj.item(), key)
     if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):   # arrays, tensors, Series
@@ -202,10 +206,14 @@ PREDICTION_COLUMNS = ["model", "id", "dialogue", "references", "prediction"]
 
 def _prediction_text(frames: dict[str, pd.DataFrame], run_id: str | None) -> tuple[str, int]:
     rows = []
+    if not frames:
+        raise ValueError("no predictions to save: give each evaluated model's predictions, {name: DataFrame}.")
     for name, df in frames.items():
         missing = set(PREDICTION_COLUMNS[1:]) - set(df.columns)
         if missing:
             raise ValueError(f"predictions of {name!r} lack column(s) {sorted(missing)}")
+        if len(df) == 0:
+            raise ValueError(f"predictions of {name!r} have no rows: was its evaluation split empty?")
         extra = {"run_id": run_id} if run_id else {}
         rows += [{"model": name, **{c: r[c] for c in PREDICTION_COLUMNS[1:]}, **extra} for _, r in df.iterrows()]
     return "".join(json.dumps(_clean(r), ensure_ascii=False) + "\n" for r in rows), len(rows)
@@ -324,7 +332,7 @@ def load_run(stem: str, folder: os.PathLike | str | None = None) -> tuple[dict, 
     meta = results.get("predictions_file")
     if meta:
         path = base / f"{stem}.predictions.jsonl"
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = hashlib.sha256(path.read_bytes().replace(b"\r\n", b"\n")).hexdigest()   # a Windows checkout may add \r
         if meta.get("rows") != len(predictions) or meta.get("sha256") not in (None, digest):
             raise ResultsError(f"{pred_path} is not the file its run wrote ({len(predictions)} rows, "
                                f"{res_path} recorded {meta.get('rows')} and another checksum): it was edited "

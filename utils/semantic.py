@@ -65,7 +65,8 @@ class SentenceEncoder:
     def __init__(self, folder: Path | str | None = None, device: str = "cpu"):
         import torch
         from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
+
+        from .models import quiet_transformers
 
         self.folder = Path(folder) if folder else model_dir()
         pooling = json.loads((self.folder / "1_Pooling" / "config.json").read_text())
@@ -76,11 +77,8 @@ class SentenceEncoder:
         self.device = torch.device(device)
         self._cache: dict[str, np.ndarray] = {}
         self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
-        hf_logging.disable_progress_bar()
-        try:
-            self.model = AutoModel.from_pretrained(self.folder).to(self.device).eval()
-        finally:
-            hf_logging.enable_progress_bar()
+        with quiet_transformers():             # and the progress bars back as they were
+            self.model = AutoModel.from_pretrained(self.folder, dtype=torch.float32).to(self.device).eval()
 
     def encode(self, texts, batch_size: int = 32) -> np.ndarray:
         """One unit-length row per text (texts longer than 256 tokens are truncated, as in the original).
@@ -88,7 +86,7 @@ class SentenceEncoder:
         import torch
 
         texts = _check_texts(texts, "text")
-        todo = sorted({t for t in texts if t not in self._cache}, key=len)
+        todo = sorted({t for t in texts if t not in self._cache}, key=lambda t: (len(t), t))   # the same batches every run
         with torch.inference_mode():
             for i in range(0, len(todo), batch_size):
                 chunk = todo[i:i + batch_size]
