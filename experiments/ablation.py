@@ -287,7 +287,9 @@ def summarise(runs: dict, configs: list[Config]) -> dict:
     groups = seed_groups(runs)                 # --finish may come before some repeats
     floors = {n: largest_gap(runs, names) for n, names in groups.items()}
     floor = max(floors.values())
-    asked = [(q, a, b) for q, a, b in questions(configs) if a in losses and b in losses]   # --finish: some not run
+    missing = {c.name for c in configs} - set(runs)       # --finish: some not run
+    asked = [(q, a, b) for q, a, b in questions(configs) if a in losses and b in losses     # nor judged before the
+             and not any(n + s in missing for n in (a, b) for s in REPEATS[1:])]          # seed repeats they have
     verdicts = judge_all(losses, [(a, b) for _, a, b in asked], floor)
     return {"noise": {"seeds": groups[SEEDS[0]], "groups": groups, "floors": floors, "floor": floor,
                       "margin": NOISE_MARGIN},

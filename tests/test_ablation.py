@@ -258,3 +258,18 @@ def test_the_ablation_figure_draws_every_configuration_and_refuses_targets_it_ha
                                                                        "targets": "mlp"}}}
     with pytest.raises(ValueError, match=r"no marker for targets \['mlp'\]"):
         ablation_figure(odd, "title")
+
+
+def test_a_run_finished_before_the_seed_repeats_of_a_question_does_not_judge_it():
+    """--finish after all-linear-r6-matched but before its seed repeats judged the targets' question against the
+    reference's floor alone (0.013), and called the 0.028 lead a finding; it waits for the repeats now."""
+    from experiments.ablation import configurations, summarise
+    from utils.architectures import course_config
+
+    committed = load_ablation(RESULTS_DIR / "ablation.json")
+    planned = configurations(course_config(committed["provenance"]["model"]))
+    early = {n: committed["configs"][n] for n in ("attention-r16", "attention-r16-seed2", "attention-r16-seed3",
+                                                   "all-linear-r6-matched", "attention-r16-alpha16")}
+    out = summarise(early, planned)
+    assert [v["question"] for v in out["verdicts"]] == ["alpha = r vs 2r (attention r=16)"]
+    assert out["noise"]["floor"] == pytest.approx(committed["noise"]["floors"]["attention-r16"])

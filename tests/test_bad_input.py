@@ -709,6 +709,9 @@ def test_a_damaged_smollm2_cache_is_rebuilt(tmp_path, monkeypatch, capsys):
     leftover = tmp_path / ".smollm2-135m-instruct.tmp-999999999-dead00"    # a conversion killed half-way
     leftover.mkdir()
     (leftover / "model.safetensors").write_bytes(b"half")
+    aside = tmp_path / ".smollm2-135m-instruct.old-999999999-dead01"       # a replacement killed after moving aside
+    aside.mkdir()
+    (aside / "model.safetensors").write_bytes(b"old")
     monkeypatch.setattr(models, "SMOLLM2_CACHE", cache)
     assert models.smollm2_checkpoint() == cache
     out = capsys.readouterr().out

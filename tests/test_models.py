@@ -261,23 +261,29 @@ def test_a_model_that_overflows_fp16_is_released_before_the_error(monkeypatch):
     with pytest.raises(FloatingPointError, match="^overflows$") as err:
         models.load_causal_lm_4bit(models.smollm2_checkpoint(verbose=False))
     assert err.value.__context__ is None
-    del err
     gc.collect()
-    assert loaded and loaded[0]() is None
+    assert loaded and loaded[0]() is None          # while the error (and, in IPython, its traceback) is still held
 
 
 def test_quiet_loading_keeps_download_progress_and_restores_the_bars():
     """Loading is quiet, but a download shows its progress (Llama-3.2-3B takes minutes on Colab: a cell that prints
     nothing looked stuck), and the bars are as they were afterwards."""
+    from huggingface_hub import constants
     from huggingface_hub.utils import are_progress_bars_disabled
     from transformers.utils import logging as hf_logging
 
     from utils.models import quiet_transformers
 
+    if constants.HF_HUB_DISABLE_PROGRESS_BARS:
+        pytest.skip("HF_HUB_DISABLE_PROGRESS_BARS is set: no bar can be switched on")
+    was = hf_logging.is_progress_bar_enabled()
     hf_logging.enable_progress_bar()
-    with quiet_transformers():
-        assert not hf_logging.is_progress_bar_enabled() and not are_progress_bars_disabled()
-    assert hf_logging.is_progress_bar_enabled() and not are_progress_bars_disabled()
+    try:
+        with quiet_transformers():
+            assert not hf_logging.is_progress_bar_enabled() and not are_progress_bars_disabled()
+        assert hf_logging.is_progress_bar_enabled() and not are_progress_bars_disabled()
+    finally:
+        None if was else hf_logging.disable_progress_bar()
 
 
 def test_a_name_the_hub_does_not_know_is_not_called_gated(monkeypatch):

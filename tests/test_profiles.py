@@ -233,6 +233,10 @@ def test_banner_states_profile_device_model_data_overrides_precision(monkeypatch
     run.banner(model=SMOLLM2, data="knkarthick/dialogsum", precision="fp32 throughout (no mixed precision here)")
     assert capsys.readouterr().out.splitlines()[5] == "precision: fp32 throughout (no mixed precision here)"
     assert run.info["mixed_precision"] == "fp32 throughout (no mixed precision here)"    # not the machine's bf16
+    monkeypatch.setenv("COURSE_MIXED_PRECISION", "fp16")           # wrong for this CPU, and not this notebook's concern
+    run.banner(model=SMOLLM2, data="knkarthick/dialogsum", precision="fp32 throughout (no mixed precision here)")
+    capsys.readouterr()
+    monkeypatch.setenv("COURSE_MIXED_PRECISION", "bf16")
     run.banner(model="google/flan-t5-base", data="knkarthick/dialogsum", mixed="no")    # notebook 02 on a T4 (fp16)
     assert capsys.readouterr().out.splitlines()[5] == ("precision: mixed precision no (COURSE_MIXED_PRECISION=bf16; "
                                                        "the machine's choice, bf16, does not suit this model)")

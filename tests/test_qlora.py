@@ -364,3 +364,12 @@ def test_a_template_without_an_end_of_turn_token_gets_eos(tok):
     answer = [t for t in ex["labels"] if t != IGNORE_INDEX]
     assert answer[-1] == tok.eos_token_id
     assert tok.decode(answer[:-1]).strip() == SUMMARY
+
+
+def test_a_dialogue_without_spaces_is_shortened_too(tok):
+    """Shortening cut words at spaces only: a long dialogue without one (text in a script without spaces, a pasted
+    URL) was refused with "the chat template alone needs ... tokens", which was not the cause."""
+    from utils.prompts import chat_prompt_ids
+
+    ids = chat_prompt_ids(tok, "#Person1#:" + "x" * 3000, max_prompt_tokens=120)
+    assert len(ids) <= 120 and "#Person1#:xx" in tok.decode(ids)

@@ -48,7 +48,8 @@ class Run:
         T4) would otherwise be printed and saved for a run that never used it."""
         from .models import mixed_precision
 
-        chosen, machine = precision is None, mixed_precision()
+        chosen = precision is None
+        machine = mixed_precision() if chosen else None     # a notebook without mixed precision never asks
         precision = (mixed or machine) if chosen else precision
         overrides = ", ".join(self.profile.overrides) or "none"
         self.info.update(model=model, data_source=data, overrides=list(self.profile.overrides),

@@ -125,7 +125,7 @@ def load_ablation(path) -> dict:
     from pathlib import Path
 
     path = Path(path)
-    redo = "Run `make experiments-ablation` (about 20 minutes on 2 idle CPU cores) to write it."
+    redo = "Run `make experiments-ablation` (about 20 minutes on 2 CPU cores) to write it."
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing. {redo}")
     try:
@@ -150,9 +150,11 @@ def ablation_figure(ablation: dict, title: str):
              "all-linear": ("^", COLORS["full"], "LoRA on every linear layer")}
     if unknown := sorted({c["targets"] for c in configs.values()} - set(kinds)):
         raise ValueError(f"no marker for targets {unknown}: give each a marker, colour and label in `kinds` here.")
-    fig, ax = plt.subplots(figsize=(8.5, 4.4))
+    fig, ax = plt.subplots(figsize=(11, 4.4))
     ref, band = configs[noise["seeds"][0]]["held_out_loss"], noise["margin"] * noise["floor"]
-    ax.axhspan(ref - band, ref + band, color="#dddddd", label=f"reference ± {noise['margin']:g} x seed noise")
+    widest = max(noise.get("floors", {}), key=noise.get("floors", {}).get, default=noise["seeds"][0])
+    ax.axhspan(ref - band, ref + band, color="#dddddd", label=f"reference ± {noise['margin']:g} x the widest\nseed "
+               f"spread ({widest}, {noise['floor']:.3f})")
     order = sorted(configs, key=lambda n: configs[n]["held_out_loss"])
     losses = [configs[n]["held_out_loss"] for n in order]
     gap, label_y = 0.09 * (max(losses) - min(losses) + 2 * band), []
@@ -174,7 +176,8 @@ def ablation_figure(ablation: dict, title: str):
     if other := sorted({c["lr"] for c in configs.values() if c.get("lr")}):
         handles.append(plt.Line2D([], [], ls="", marker="o", mfc="none", color="#555555",
                                   label=f"hollow: learning rate {', '.join(f'{x:g}' for x in other)}"))
-    ax.legend(handles=[*ax.get_legend_handles_labels()[0], *handles], fontsize=8)
+    ax.legend(handles=[*ax.get_legend_handles_labels()[0], *handles], fontsize=8, loc="upper left",
+              bbox_to_anchor=(1.01, 1.0))                          # beside the axes: the labels need the room
     ax.set(xscale="log", xlabel="trainable parameters (log scale)", ylabel="held-out loss per summary token (nats)")
     ax.set_title(f"{title}\nbase model without an adapter: {ablation['base']['held_out_loss']:.3f} (off this scale)",
                  fontsize=9)

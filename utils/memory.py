@@ -44,6 +44,8 @@ def checkpoint_size_mb(model, path) -> float:
     from .models import quiet_transformers
     from .results import atomic_folder
 
+    if Path(path).is_file():
+        raise NotADirectoryError(f"{path} is a file: give checkpoint_size_mb a folder to save into.")
     with quiet_transformers(), atomic_folder(path) as tmp:
         model.save_pretrained(tmp)
     return dir_size_mb(path)

@@ -37,8 +37,11 @@ def chat_prompt_ids(tokenizer, dialogue: str, max_prompt_tokens: int | None = No
     if max_prompt_tokens is None or len(ids) <= max_prompt_tokens:
         return ids
     words = dialogue.split(" ")
-    while len(ids) > max_prompt_tokens and len(words) > 1:
-        words = words[: max(1, int(len(words) * 0.9))]
+    while len(ids) > max_prompt_tokens and len(" ".join(words)) > 1:
+        if len(words) > 1:
+            words = words[: max(1, int(len(words) * 0.9))]
+        else:                                   # one long "word" (text without spaces): cut characters
+            words = [words[0][: max(1, int(len(words[0]) * 0.9))]]
         ids = _ids(tokenizer, chat_messages(" ".join(words)), add_generation_prompt=True)
     if len(ids) > max_prompt_tokens:
         raise ValueError(f"the chat template alone needs {len(ids)} tokens, more than {max_prompt_tokens}.")
@@ -57,9 +60,13 @@ def build_chat_example(tokenizer, dialogue: str, summary: str, max_length: int) 
     answer = full[len(prompt):]
     if full[: len(prompt)] != prompt or not answer:
         raise ValueError("the chat template does not extend the prompt with the answer; check the tokenizer.")
-    ends = [i for i, t in enumerate(answer) if t in set(tokenizer.all_special_ids)]
+    special = set(tokenizer.all_special_ids)
+    ends = [i for i, t in enumerate(answer) if t in special]
     # cut what follows the end-of-turn token (a newline after <|im_end|>); a template without one gets EOS to stop on
     answer = answer[: ends[-1] + 1] if ends else answer + [tokenizer.eos_token_id]
+    if all(t in special for t in answer):
+        raise ValueError("the chat template puts no summary token before its last special token; check the tokenizer's "
+                         "chat template (does it honour add_generation_prompt?).")
     budget = max_length - len(answer)
     raise_it = ("Raise max_length (a profile size: COURSE_OVERRIDE=<section>.max_length=..., e.g. "
                 "qlora.max_length=384) or shorten the summary.")

@@ -42,11 +42,13 @@ def _tmp_name(path: Path, kind: str = "tmp") -> Path:
 
 
 def _remove_stale(path: Path) -> None:
-    """Delete the temporary files of earlier writers of ``path`` that died (killed, out of memory) mid-write."""
-    for tmp in path.parent.glob(f".{glob_escape(path.name)}.tmp-*"):
-        pid = tmp.name.rsplit(".tmp-", 1)[1].split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+    """Delete the temporary files of earlier writers of ``path`` that died (killed, out of memory) mid-write, and the
+    previous versions that :func:`replace_folder` had moved aside when it died (a converted model: half a GB)."""
+    for kind in ("tmp", "old"):
+        for tmp in path.parent.glob(f".{glob_escape(path.name)}.{kind}-*"):
+            pid = tmp.name.rsplit(f".{kind}-", 1)[1].split("-")[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:
