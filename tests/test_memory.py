@@ -166,3 +166,30 @@ def test_saved_tensors_frees_what_it_saw_and_keeps_gradients_exact():
     with SavedTensors():
         x.exp().sum().backward()
     assert torch.equal(x.grad, x.detach().exp())
+
+
+def test_a_checkpoint_replaces_the_previous_one_whole_or_not_at_all(tmp_path):
+    """checkpoint_size_mb deleted the previous folder before saving: a failed save lost it; and a file in its place
+    was deleted too."""
+    from utils.memory import checkpoint_size_mb
+
+    class Saves:
+        def __init__(self, fail=False):
+            self.fail = fail
+
+        def save_pretrained(self, folder):
+            (Path(folder) / "model.safetensors").write_bytes(b"x" * 2**20)
+            if self.fail:
+                raise OSError("disk full")
+
+    target = tmp_path / "ckpt"
+    target.mkdir()
+    (target / "stale.bin").write_bytes(b"old")
+    assert checkpoint_size_mb(Saves(), target) == 1.0 and sorted(p.name for p in target.iterdir()) == ["model.safetensors"]
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint_size_mb(Saves(fail=True), target)
+    assert (target / "model.safetensors").stat().st_size == 2**20 and sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    (tmp_path / "a-file").write_text("keep me")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        checkpoint_size_mb(Saves(), tmp_path / "a-file")
+    assert (tmp_path / "a-file").read_text() == "keep me"

@@ -87,3 +87,20 @@ def test_speaker_tags_are_removed_before_embedding(encoder):
     assert without < with_tags - 0.05
     # the cost, which notebook 04 states: the cosine can no longer tell who did it
     assert abs(encoder.similarity(["#Person2# books a table for two at the Italian restaurant."], [ref])[0] - 1) < 1e-5
+
+
+def test_batches_do_not_depend_on_the_hash_seed(encoder, monkeypatch):
+    """Texts of equal length were batched in set order, which PYTHONHASHSEED changes from run to run (and with it the
+    padding of each batch, so the last digits of the scores): they are ordered by length, then text."""
+    seen = []
+    tokenize = encoder.tokenizer
+
+    def recording(chunk, *args, **kwargs):
+        seen.append(list(chunk))
+        return tokenize(chunk, *args, **kwargs)
+
+    monkeypatch.setattr(encoder, "tokenizer", recording)
+    encoder.clear_cache()
+    texts = ["bb", "aa", "a longer one", "cc", "zz", "a"]
+    encoder.encode(texts, batch_size=3)
+    assert seen == [["a", "aa", "bb"], ["cc", "zz", "a longer one"]]

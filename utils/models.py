@@ -178,8 +178,9 @@ def check_llm_access(model_id: str, fallback: str, token: str | None) -> None:
     except RepositoryNotFoundError:         # no such repository, or a private one this token cannot see
         who = "this token" if token else "anyone without a token"
         raise ModelAccessError(f"the hub has no model {model_id!r} that {who} can see: check the name "
-                               f"(organisation/name), or, if you meant a folder on this machine, give its path (a relative one is read from {Path.cwd()}). A private "
-                               f"model needs a token with access (HF_TOKEN).") from None
+                               f"(organisation/name), or, if you meant a folder on this machine, give its path (a "
+                               f"relative one is read from {Path.cwd()}). A private model needs a token with access "
+                               f"(HF_TOKEN).") from None
     except (HfHubHTTPError, LocalEntryNotFoundError) as e:   # 401: a mistyped, revoked or expired token; 403: one
         http = e if isinstance(e, HfHubHTTPError) else e.__cause__  # without read access, which hf_hub_download
         status = getattr(getattr(http, "response", None), "status_code", None)  # reports as "check your connection"

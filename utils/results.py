@@ -141,9 +141,9 @@ def split_lines(text: str) -> list[str]:
 
 
 def _clean(obj, key: str = "results"):
-    """JSON-ready: NaN and infinities become null (standard JSON has neither); floats keep 6 decimals, or 6 significant digits below 0.001 (a 4e-7 rate
-    would round to 0); arrays, tensors and Series become lists; anything else JSON cannot hold is an error that
-    names its key."""
+    """JSON-ready: NaN and infinities become null (standard JSON has neither); floats keep 6 decimals, or 6
+    significant digits below 0.001 (a 4e-7 rate would round to 0); arrays, tensors and Series become lists; keys
+    that read the same as text, and anything else JSON cannot hold, are errors that name their key."""
     if isinstance(obj, dict):
         if len({str(k) for k in obj}) < len(obj):
             raise ValueError(f"{key} has keys that read the same as text ({sorted(map(repr, obj))[:6]}): one would "
