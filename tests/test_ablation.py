@@ -234,9 +234,10 @@ def test_every_configuration_with_seed_repeats_sets_the_floor_and_replicates_its
     assert targets["by_seed"] == pytest.approx([0.027, 0.005, 0.009]) and targets["noise_floor"] == pytest.approx(0.02)
 
 
-@pytest.mark.parametrize("drop", ["noise", "noise.groups", "noise.seeds", "reproduce"])
+@pytest.mark.parametrize("drop", ["noise", "noise.groups", "noise.seeds", "noise.floors", "reproduce"])
 def test_load_ablation_refuses_a_file_of_an_older_layout(tmp_path, drop):
-    data = {"provenance": {}, "configs": {}, "base": {}, "reproduce": {}, "noise": {"seeds": [], "groups": {}}}
+    data = {"provenance": {}, "configs": {}, "base": {}, "reproduce": {},
+            "noise": {"seeds": [], "groups": {}, "floors": {}}}
     key, _, sub = drop.partition(".")
     del (data[key] if sub else data)[sub or key]
     path = tmp_path / "ablation.json"

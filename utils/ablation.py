@@ -133,7 +133,7 @@ def load_ablation(path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is damaged (not valid JSON: {e}). {redo}") from None
     missing = {"provenance", "configs", "base", "noise", "reproduce"} - set(data)
-    missing |= {f"noise.{k}" for k in ("seeds", "groups") if k not in data.get("noise", {"seeds": 0, "groups": 0})}
+    missing |= {f"noise.{k}" for k in ("seeds", "groups", "floors") if "noise" in data and k not in data["noise"]}
     if missing:
         raise ValueError(f"{path} lacks {sorted(missing)}: it was written by another version of the program. {redo}")
     return data
@@ -152,7 +152,7 @@ def ablation_figure(ablation: dict, title: str):
         raise ValueError(f"no marker for targets {unknown}: give each a marker, colour and label in `kinds` here.")
     fig, ax = plt.subplots(figsize=(11, 4.4))
     ref, band = configs[noise["seeds"][0]]["held_out_loss"], noise["margin"] * noise["floor"]
-    widest = max(noise.get("floors", {}), key=noise.get("floors", {}).get, default=noise["seeds"][0])
+    widest = max(noise["floors"], key=noise["floors"].get)          # the configuration whose seeds set the floor
     ax.axhspan(ref - band, ref + band, color="#dddddd", label=f"reference ± {noise['margin']:g} x the widest\nseed "
                f"spread ({widest}, {noise['floor']:.3f})")
     order = sorted(configs, key=lambda n: configs[n]["held_out_loss"])
